@@ -1,0 +1,3 @@
+from mmada.cli import main
+
+raise SystemExit(main())
