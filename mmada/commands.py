@@ -1,0 +1,81 @@
+"""Core subcommands: ``demo``, ``generate`` (text/MMU-free chat) and ``t2i`` (image tokens)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mmada.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from mmada.inference import generate_answers, load_checkpoint
+
+    lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    answers = generate_answers(
+        lm, args.prompt, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
+        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking, think=args.think,
+        chat=not args.raw, seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps([{"prompt": p, "answer": a} for p, a in zip(args.prompt, answers)], indent=1))
+    else:
+        for p, a in zip(args.prompt, answers):
+            print(f"### {p}\n{a}")
+    return 0
+
+
+def _t2i(args: argparse.Namespace) -> int:
+    from mmada.inference import generate_image_codes, load_checkpoint
+
+    lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    codes = generate_image_codes(
+        lm, args.prompt, steps=args.steps, guidance_scale=args.guidance_scale, temperature=args.temperature,
+        max_text_len=args.max_text_len, seed=args.seed,
+    )
+    print(json.dumps([{"prompt": p, "codes": c} for p, c in zip(args.prompt, codes.tolist())]))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory (save_pretrained layout) or HF repo id")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir or 'builtin' (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="load dtype (default: checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train the tiny preset for a few steps on CPU and sample from it")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("generate", help="generate text answers with the block diffusion sampler")
+    _common(p)
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--think", action="store_true", help="add the <think> instruction to the prompt")
+    p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("t2i", help="generate image tokens for captions (MaskGIT decoding)")
+    _common(p)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--guidance-scale", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-text-len", type=int, default=32)
+    p.set_defaults(func=_t2i)

@@ -1,0 +1,103 @@
+"""Load a checkpoint directory with its tokenizer, and run the samplers on text prompts.
+
+These are the functions behind ``mmada generate`` and ``mmada t2i`` (and what evaluation and
+flows call): a checkpoint directory is an HF ``save_pretrained`` folder (config.json +
+safetensors) that also holds the text tokenizer (``tokenizer.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmada.diffusion.sampling import generate_image, generate_text
+from mmada.errors import MMaDAError
+from mmada.models import MMaDAModelLM
+from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, load_text_tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: MMaDAModelLM
+    tokenizer: object
+    builder: SequenceBuilder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_checkpoint(
+    path: str | Path, *, tokenizer: str | None = None, device: str | None = None, dtype: str | None = None
+) -> LoadedModel:
+    """Load model + tokenizer from a checkpoint dir (or HF repo id); checks that their vocabularies agree."""
+    dev = pick_device(device)
+    torch_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+                   "float32": torch.float32, None: None}.get(dtype, "unknown")
+    if torch_dtype == "unknown":
+        raise MMaDAError(f"dtype={dtype!r}; expected bf16 or fp32")
+    src = str(path)
+    if not Path(src).exists() and (src.startswith((".", "/", "~")) or src.count("/") > 1):
+        raise MMaDAError(f"checkpoint directory {src} does not exist")
+    if Path(src).exists() and not (Path(src) / "config.json").exists():
+        raise MMaDAError(f"{src} has no config.json: not a checkpoint directory")
+    tok_src = tokenizer or src
+    if tokenizer is None and Path(src).exists() and not (Path(src) / "tokenizer.json").exists():
+        raise MMaDAError(f"{src} has no tokenizer.json; pass --tokenizer (a tokenizer dir, or 'builtin')")
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    try:
+        tok = load_text_tokenizer(tok_src)
+        model = MMaDAModelLM.from_pretrained(src, **kwargs).to(dev).eval()
+    except OSError as exc:  # not found locally, and the hub is offline / the repo does not exist
+        raise MMaDAError(f"cannot load checkpoint {src!r}: {exc}") from exc
+    special = SpecialTokenIds.from_tokenizer(tok)
+    check_vocab(special, model.config)
+    return LoadedModel(model, tok, SequenceBuilder(tok, special))
+
+
+def generate_answers(
+    lm: LoadedModel, prompts: list[str], *, steps: int = 64, gen_length: int = 64, block_length: int = 32,
+    temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence", think: bool = False,
+    chat: bool = True, seed: int = 0,
+) -> list[str]:
+    """Chat-formatted (or raw, ``chat=False``) prompts → decoded answers, batched with left padding."""
+    if chat:
+        batch = lm.builder.chat(prompts, think=think)
+        ids, attn = batch.input_ids, batch.attention_mask
+    else:
+        from mmada.tokenization import left_pad
+
+        ids, attn = left_pad([[lm.builder.special.bos, *lm.builder.encode(p)] for p in prompts], lm.builder.special.eos)
+    gen = torch.Generator(device=lm.device).manual_seed(seed)
+    out = generate_text(
+        lm.model, ids.to(lm.device), attention_mask=attn.to(lm.device), steps=steps, gen_length=gen_length,
+        block_length=block_length, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
+        mask_id=lm.builder.special.mask, generator=gen,
+    )
+    return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def generate_image_codes(
+    lm: LoadedModel, captions: list[str], *, steps: int = 12, guidance_scale: float = 0.0,
+    temperature: float = 1.0, max_text_len: int = 32, seed: int = 0,
+) -> torch.Tensor:
+    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding."""
+    cfg = lm.model.config
+    cond = lm.builder.t2i(captions, num_image_tokens=cfg.num_vq_tokens, max_text_len=max_text_len).to(lm.device)
+    uncond = lm.builder.t2i([""] * len(captions), num_image_tokens=cfg.num_vq_tokens,
+                            max_text_len=max_text_len).to(lm.device)
+    gen = torch.Generator(device=lm.device).manual_seed(seed)
+    return generate_image(
+        lm.model, cond.input_ids, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
+        uncond_attention_mask=uncond.attention_mask, codebook_size=cfg.codebook_size,
+        image_offset=lm.builder.special.image_offset, num_image_tokens=cfg.num_vq_tokens, steps=steps,
+        guidance_scale=guidance_scale, temperature=temperature, mask_id=lm.builder.special.mask, generator=gen,
+    )

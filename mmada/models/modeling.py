@@ -1,0 +1,269 @@
+"""``MMaDAModelLM``: the LLaDA/MMaDA bidirectional transformer (one block type, official names).
+
+The module tree reproduces the official parameter names exactly, so ``from_pretrained`` loads an
+official MMaDA-8B or LLaDA-8B checkpoint directory (sharded safetensors + index) with no missing
+or unexpected keys and without ``trust_remote_code``::
+
+    model.transformer.wte.weight                   (V, d)
+    model.transformer.blocks.{i}.attn_norm.weight  (d,)
+    model.transformer.blocks.{i}.{q,k,v}_proj.weight, attn_out.weight
+    model.transformer.blocks.{i}.ff_norm.weight    (d,)
+    model.transformer.blocks.{i}.ff_proj.weight    (f, d)   gate, goes through SiLU
+    model.transformer.blocks.{i}.up_proj.weight    (f, d)
+    model.transformer.blocks.{i}.ff_out.weight     (d, f)
+    model.transformer.ln_f.weight                  (d,)
+    model.transformer.ff_out.weight                (V, d)   untied LM head
+
+Numerics follow the reference: RMSNorm and RoPE (NeoX "rotate half" convention) in fp32,
+attention through ``scaled_dot_product_attention`` without a causal mask. The model holds no
+parallelism code: FSDP and activation checkpointing are applied from outside
+(``mmada.training``), HF activation checkpointing via ``activation_checkpointing_enable()``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MaskedLMOutput
+
+from mmada.errors import ConfigError
+from mmada.models.configuration import MMaDAConfig
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half/bf16/fp32 inputs (as the reference), fp64 stays fp64 (exact tests)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x²) + eps)``, normalised in fp32 and cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.to(_compute_dtype(dtype))
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (fp32 by default) for integer ``positions`` (T,) or (B, T) → (…, T, head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim))
+    freqs = positions.to(dtype)[..., None] * inv_freq  # (…, T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (…, T, hd): NeoX layout, halves repeated
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, H, T, hd) in fp32; ``cos``/``sin`` broadcast as (T, hd) or (B, 1, T, hd)."""
+    x32 = x.to(_compute_dtype(x.dtype))
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def build_attention_bias(
+    attention_mask: torch.Tensor | None,
+    attention_bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    q_len: int,
+    k_len: int,
+) -> torch.Tensor | None:
+    """An additive float mask (B, 1|H, q_len, k_len) for SDPA, or None for full attention.
+
+    ``attention_mask``: (B, k_len) padding mask, 1/True = real token. Only *keys* are masked, so
+    padded query rows still attend somewhere (their outputs are never used).
+    ``attention_bias``: bool (B, [1,] q_len, k_len) with True = may attend (the official MMaDA
+    convention, typically ``m[:, :, None] & m[:, None, :]``), or an additive float mask.
+    Bool masks become ``0`` / ``finfo(dtype).min`` so fully masked rows give a uniform (finite)
+    attention instead of NaN, as in the reference.
+    """
+    bias = None
+    if attention_bias is not None:
+        if attention_bias.dim() == 3:
+            attention_bias = attention_bias[:, None]
+        if attention_bias.dim() != 4 or attention_bias.shape[-2:] != (q_len, k_len):
+            raise ConfigError(
+                f"attention_bias has shape {tuple(attention_bias.shape)}; expected (B, 1, {q_len}, {k_len})"
+            )
+        if attention_bias.dtype == torch.bool:
+            bias = torch.zeros(attention_bias.shape, dtype=dtype, device=attention_bias.device)
+            bias.masked_fill_(~attention_bias, torch.finfo(dtype).min)
+        else:
+            bias = attention_bias.to(dtype)
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape[-1] != k_len:
+            raise ConfigError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, {k_len})"
+            )
+        keep = attention_mask.bool()
+        if not bool(keep.all()):
+            pad = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+            pad.masked_fill_(~keep, torch.finfo(dtype).min)
+            pad = pad[:, None, None, :]  # (B, 1, 1, k_len)
+            bias = pad if bias is None else torch.maximum(bias + pad, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
+    return bias
+
+
+class MMaDABlock(GradientCheckpointingLayer):
+    """LLaDA's Llama block: pre-RMSNorm, bidirectional attention with RoPE, SiLU-gated MLP."""
+
+    def __init__(self, config: MMaDAConfig) -> None:
+        super().__init__()
+        d, hd = config.d_model, config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, hd
+        self.attn_norm = RMSNorm(d, config.rms_norm_eps)
+        self.q_proj = nn.Linear(d, config.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, config.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, config.n_kv_heads * hd, bias=False)
+        self.attn_out = nn.Linear(config.n_heads * hd, d, bias=False)
+        self.ff_norm = RMSNorm(d, config.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)  # gate
+        self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, H, T, hd)
+        x = x + self.attn_out(a.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class MMaDAModel(nn.Module):
+    """The backbone; its ``transformer`` ModuleDict carries the official key names."""
+
+    def __init__(self, config: MMaDAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.embedding_size, config.d_model),
+                blocks=nn.ModuleList(MMaDABlock(config) for _ in range(config.n_layers)),
+                ln_f=RMSNorm(config.d_model, config.rms_norm_eps),
+                ff_out=nn.Linear(config.d_model, config.embedding_size, bias=False),
+            )
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attention_bias: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        _B, T = input_ids.shape
+        x = self.transformer.wte(input_ids)  # (B, T, d); no embedding scale, no wpe
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, _compute_dtype(x.dtype))
+        if cos.dim() == 3:  # per-row positions (B, T, hd) -> (B, 1, T, hd)
+            cos, sin = cos[:, None], sin[:, None]
+        bias = build_attention_bias(attention_mask, attention_bias, x.dtype, T, T)
+        hidden = [] if output_hidden_states else None
+        for block in self.transformer.blocks:
+            if hidden is not None:
+                hidden.append(x)
+            x = block(x, cos, sin, bias)
+        x = self.transformer.ln_f(x)
+        if hidden is not None:
+            hidden.append(x)
+        return self.transformer.ff_out(x), (tuple(hidden) if hidden is not None else None)
+
+
+class MMaDAModelLM(PreTrainedModel):
+    """The unified masked-diffusion LM (text tokens + image codes in one vocabulary).
+
+    ``model(input_ids).logits`` has shape (B, T, embedding_size). Padding: pass a (B, T)
+    ``attention_mask`` (1 = token) or an official-style bool ``attention_bias`` (B, 1, T, T);
+    with neither, every position attends to every other (the behaviour of the released
+    checkpoints before the upstream mask fix, see shared/reference/mmada.md §1.4).
+    """
+
+    config_class = MMaDAConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ("MMaDABlock",)
+    _supports_sdpa = True
+
+    def __init__(self, config: MMaDAConfig) -> None:
+        super().__init__(config)
+        self.model = MMaDAModel(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.model.transformer.ff_out
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.model.transformer.ff_out = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        if kwargs.get("past_key_values") is not None or kwargs.get("use_cache"):
+            raise ConfigError("MMaDAModelLM.forward has no use_cache/past_key_values; use mmada.diffusion samplers")
+        if input_ids.dim() != 2:
+            raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.max()) >= self.config.embedding_size or int(input_ids.min()) < 0):
+            raise ConfigError(
+                f"input_ids contain ids outside [0, {self.config.embedding_size}) "
+                f"(min {int(input_ids.min())}, max {int(input_ids.max())}): tokenizer and checkpoint vocab disagree"
+            )
+        logits, hidden = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            attention_bias=attention_bias,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        return MaskedLMOutput(logits=logits, hidden_states=hidden)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs):
+        """Grow the vocabulary (e.g. LLaDA's 126464 → MMaDA's 134656 = + 8192 image codes)."""
+        emb = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
+        self.config.embedding_size = self.config.vocab_size = emb.weight.shape[0]
+        return emb

@@ -1,0 +1,193 @@
+"""Sequence layouts of the unified model (t2i, mmu, lm, chat/``<think>``) and their prompt masks.
+
+Layouts follow the official MMaDA prompting (shared/reference/mmada.md §1.6), expressed in ids
+so they work with the LLaDA tokenizer and with ours:
+
+    t2i   [iPAD]*k <|t2i|> <bos> caption <eos> <|soi|> img_1 … img_N <|eoi|>     (left-padded text)
+    mmu   <|mmu|> <|soi|> img_1 … img_N <|eoi|> chat-prompt answer <eos> <eos> …  (EOS right-padded)
+    lm    <bos> text <eos> <eos> …                                               (no prompt)
+    chat  chat-prompt answer <eos> <eos> …                                       (EOS right-padded)
+
+``prompt_mask`` marks what the diffusion process keeps clean (the condition); everything else is
+the target, EOS padding included so the model learns where answers end. ``attention_mask`` is
+False only on ``[iPAD]`` padding (EOS padding is attended, as in the reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mmada.errors import MMaDAError
+from mmada.tokenization.special import SpecialTokenIds
+from mmada.tokenization.text import THINK_PREFIX
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class SequenceBatch:
+    """A batch of unified sequences; all tensors are (B, L)."""
+
+    input_ids: torch.Tensor  # long
+    attention_mask: torch.Tensor  # bool, False on [iPAD]/left padding
+    prompt_mask: torch.Tensor  # bool, True where tokens are conditioning (never masked)
+    image_mask: torch.Tensor  # bool, True on image-token slots
+
+    def to(self, device) -> SequenceBatch:
+        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.prompt_mask, self.image_mask)))
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists into (B, L) ids and a bool attention mask (False on padding)."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, L - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, L - len(s):] = True
+    return ids, mask
+
+
+class SequenceBuilder:
+    """Builds unified sequences for one text tokenizer.
+
+    Args:
+        tokenizer: a HF tokenizer with a chat template (ours or LLaDA's).
+        special: special-token ids; resolved from the tokenizer when omitted.
+    """
+
+    def __init__(self, tokenizer, special: SpecialTokenIds | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.special = special or SpecialTokenIds.from_tokenizer(tokenizer)
+
+    # ------------------------------------------------------------------ text pieces
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.special.mask in ids:
+            raise MMaDAError(f"text contains the mask token (id {self.special.mask}): {text[:80]!r}")
+        return ids
+
+    def chat_prompt(self, messages: Messages | str, *, think: bool = False) -> list[int]:
+        """Ids of a chat prompt ending with the assistant header (the generation prompt)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if think:
+            messages = [*messages[:-1], {**messages[-1], "content": THINK_PREFIX + messages[-1]["content"]}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.encode(text)
+
+    def image_ids(self, codes: torch.Tensor) -> torch.Tensor:
+        """Image codes (…, N) in [0, codebook) → unified token ids."""
+        return codes.long() + self.special.image_offset
+
+    # ------------------------------------------------------------------ layouts
+    def t2i(
+        self, captions: Sequence[str], image_codes: torch.Tensor | None = None, *, num_image_tokens: int | None = None,
+        max_text_len: int = 128,
+    ) -> SequenceBatch:
+        """Text-to-image rows. ``image_codes`` (B, N); None gives all-mask image slots (for sampling).
+
+        ``max_text_len`` budgets ``<bos> caption <eos>`` (longer captions are cut, keeping ``<eos>``).
+        """
+        sp = self.special
+        B = len(captions)
+        if image_codes is None:
+            if num_image_tokens is None:
+                raise MMaDAError("t2i needs image_codes or num_image_tokens")
+            img = torch.full((B, num_image_tokens), sp.mask, dtype=torch.long)
+        else:
+            if image_codes.shape[0] != B:
+                raise MMaDAError(f"t2i got {B} captions but {image_codes.shape[0]} images")
+            img = self.image_ids(image_codes)
+        N = img.shape[1]
+        L = max_text_len + 1 + 1 + N + 1
+        ids = torch.empty((B, L), dtype=torch.long)
+        attn = torch.ones((B, L), dtype=torch.bool)
+        for i, cap in enumerate(captions):
+            text = [sp.bos, *self.encode(cap), sp.eos]
+            if len(text) > max_text_len:
+                text = [*text[: max_text_len - 1], sp.eos]
+            k = max_text_len - len(text)
+            row = [sp.ipad] * k + [sp.t2i] + text + [sp.soi]
+            ids[i, : len(row)] = torch.tensor(row)
+            attn[i, :k] = False
+        ids[:, max_text_len + 2 : max_text_len + 2 + N] = img
+        ids[:, -1] = sp.eoi
+        image_mask = torch.zeros((B, L), dtype=torch.bool)
+        image_mask[:, max_text_len + 2 : max_text_len + 2 + N] = True
+        return SequenceBatch(ids, attn, ~image_mask, image_mask)
+
+    def mmu(
+        self, image_codes: torch.Tensor, prompts: Sequence[Messages | str], answers: Sequence[str] | None = None,
+        *, max_text_len: int = 128, think: bool = False,
+    ) -> SequenceBatch:
+        """Understanding rows: image prefix, chat prompt, answer + EOS fill (prompt only if ``answers`` is None)."""
+        sp = self.special
+        img = self.image_ids(image_codes)  # (B, N)
+        B, N = img.shape
+        prefix = torch.cat([torch.tensor([[sp.mmu, sp.soi]]).expand(B, 2), img, torch.full((B, 1), sp.eoi)], 1)
+        out = self._prompt_answer_rows(prompts, answers, max_text_len, think)
+        if answers is None:  # generation prompts: left-padded, so each row's image starts after its padding
+            rows = [[*pre.tolist(), *p] for pre, p in zip(prefix, out[0])]
+            ids, attn = left_pad(rows, sp.eos)
+            image_mask = torch.zeros_like(attn)
+            for i, r in enumerate(rows):
+                start = ids.shape[1] - len(r) + 2
+                image_mask[i, start : start + N] = True
+            return SequenceBatch(ids, attn, attn.clone(), image_mask)
+        ids, prompt = out
+        image_mask = torch.zeros((B, N + 3 + ids.shape[1]), dtype=torch.bool)
+        image_mask[:, 2 : 2 + N] = True
+        return SequenceBatch(
+            torch.cat([prefix, ids], 1),
+            torch.ones_like(image_mask),
+            torch.cat([torch.ones((B, N + 3), dtype=torch.bool), prompt], 1),
+            image_mask,
+        )
+
+    def chat(
+        self, prompts: Sequence[Messages | str], answers: Sequence[str] | None = None, *, max_text_len: int = 256,
+        think: bool = False,
+    ) -> SequenceBatch:
+        """Chat/SFT rows (answers given: right EOS fill) or left-padded generation prompts (answers None)."""
+        out = self._prompt_answer_rows(prompts, answers, max_text_len, think)
+        if answers is None:
+            ids, attn = left_pad(out[0], self.special.eos)
+            return SequenceBatch(ids, attn, attn.clone(), torch.zeros_like(attn))
+        ids, prompt = out
+        return SequenceBatch(ids, torch.ones_like(prompt), prompt, torch.zeros_like(prompt))
+
+    def lm(self, texts: Sequence[str], *, max_text_len: int = 256) -> SequenceBatch:
+        """Plain-text pretraining rows ``<bos> text <eos>`` + EOS fill; nothing is prompt."""
+        sp = self.special
+        ids = torch.full((len(texts), max_text_len), sp.eos, dtype=torch.long)
+        for i, t in enumerate(texts):
+            row = [sp.bos, *self.encode(t), sp.eos][:max_text_len]
+            ids[i, : len(row)] = torch.tensor(row)
+        z = torch.zeros_like(ids, dtype=torch.bool)
+        return SequenceBatch(ids, ~z, z.clone(), z.clone())
+
+    # ------------------------------------------------------------------ helpers
+    def _prompt_answer_rows(self, prompts, answers, max_len: int, think: bool):
+        sp = self.special
+        prompt_ids = [self.chat_prompt(p, think=think) for p in prompts]
+        if answers is None:
+            return (prompt_ids,)
+        if len(answers) != len(prompts):
+            raise MMaDAError(f"got {len(prompts)} prompts but {len(answers)} answers")
+        ids = torch.full((len(prompts), max_len), sp.eos, dtype=torch.long)
+        prompt = torch.zeros((len(prompts), max_len), dtype=torch.bool)
+        for i, (p, a) in enumerate(zip(prompt_ids, answers)):
+            if len(p) >= max_len:
+                raise MMaDAError(
+                    f"row {i}: prompt has {len(p)} tokens, which leaves no room for the answer within "
+                    f"max_text_len={max_len}"
+                )
+            row = (p + self.encode(a) + [sp.eos])[:max_len]
+            ids[i, : len(row)] = torch.tensor(row)
+            prompt[i, : len(p)] = True
+        return ids, prompt

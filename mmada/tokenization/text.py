@@ -1,0 +1,126 @@
+"""Text tokenizers: the built-in byte-level BPE (no download needed) and loading any other.
+
+``load_text_tokenizer("builtin")`` returns a 1024-token byte-level BPE trained with HF
+``tokenizers`` on the built-in corpus (arithmetic word problems, shapes captions and VQA, digit
+captions, the chat/think scaffolding). Training is deterministic and takes about a second; the
+result is cached under ``$MMADA_CACHE`` (default ``~/.cache/mmada``) as a ``tokenizer.json`` and
+loaded with ``PreTrainedTokenizerFast``. Any saved tokenizer directory or HF repo id (e.g.
+``GSAI-ML/LLaDA-8B-Instruct``) loads through ``AutoTokenizer`` without remote code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from mmada.errors import VocabError
+from mmada.tokenization.special import SPECIAL_TOKENS
+
+BUILTIN_VOCAB_SIZE = 1024
+BUILTIN_VERSION = "1"  # bump when the corpus or the training recipe changes
+
+# Our chat format (shared/reference/mmada.md §3.3): bos once, then for every message
+# <|start_header_id|>role<|end_header_id|>\n content <|eot_id|>, then the assistant header.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n{% endif %}"
+)
+THINK_PREFIX = (
+    "You should first think about the reasoning process in the mind and then provide the user with the "
+    "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
+    "process here </think> answer here\n"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MMADA_CACHE", Path.home() / ".cache" / "mmada"))
+
+
+def builtin_corpus() -> list[str]:
+    """The deterministic text the built-in tokenizer is trained on."""
+    from mmada.data.builtin.arithmetic import generate_arithmetic
+    from mmada.data.builtin.shapes import generate_shapes
+
+    texts = [THINK_PREFIX, "user", "assistant", "system", "The answer is", "a handwritten digit"]
+    texts += [f"a handwritten digit {d}" for d in range(10)]
+    for r in generate_arithmetic(3000, seed=12345, difficulty=(1, 5)):
+        texts += [r["question"], f"<think>{r['thinking']}</think> The answer is {r['answer']}."]
+    for r in generate_shapes(1500, seed=12345):
+        texts.append(r["caption"])
+        for qa in r["vqa"]:
+            texts += [qa["question"], f"<think>{qa['thinking']}</think> {qa['answer']}"]
+    return texts
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = BUILTIN_VOCAB_SIZE, out_dir: str | Path | None = None
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with our special tokens first (ids 0…16) and exactly ``vocab_size`` tokens.
+
+    If the corpus yields fewer merges than needed, ``<|reserved_i|>`` tokens fill the vocabulary so
+    ``len(tokenizer) == vocab_size`` (the image-token offset of the matching model config).
+    """
+    if vocab_size <= len(SPECIAL_TOKENS) + 256:
+        raise VocabError(f"vocab_size={vocab_size} is too small for 256 bytes + {len(SPECIAL_TOKENS)} special tokens")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    missing = vocab_size - tok.get_vocab_size()
+    if missing > 0:
+        tok.add_special_tokens([f"<|reserved_{i}|>" for i in range(missing)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        mask_token="<|mdm_mask|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    if len(fast) != vocab_size:
+        raise VocabError(f"trained tokenizer has {len(fast)} tokens, expected {vocab_size}")
+    if out_dir is not None:
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def _builtin_dir() -> Path:
+    key = hashlib.sha256(f"{BUILTIN_VERSION}:{BUILTIN_VOCAB_SIZE}".encode()).hexdigest()[:12]
+    return cache_dir() / "tokenizers" / f"builtin-{key}"
+
+
+def builtin_tokenizer() -> PreTrainedTokenizerFast:
+    """The built-in tokenizer, trained once and cached (written atomically)."""
+    target = _builtin_dir()
+    if not (target / "tokenizer.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            train_bpe_tokenizer(builtin_corpus(), BUILTIN_VOCAB_SIZE, tmp)
+            with contextlib.suppress(OSError):  # another process won the race; use its copy
+                os.replace(tmp, target)
+            Path(tmp).mkdir(exist_ok=True)  # TemporaryDirectory cleanup expects it
+    return load_text_tokenizer(str(target))
+
+
+def load_text_tokenizer(name_or_path: str = "builtin") -> PreTrainedTokenizerFast:
+    """``"builtin"``, a local tokenizer directory, or an HF repo id (loaded without remote code)."""
+    if name_or_path == "builtin":
+        return builtin_tokenizer()
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    if tok.chat_template is None and "<|start_header_id|>" in tok.get_vocab():
+        tok.chat_template = CHAT_TEMPLATE
+    return tok

@@ -1,0 +1,134 @@
+"""Built-in tokenizer, special-token ids (ours and the official LLaDA ids) and sequence layouts."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from mmada.errors import MMaDAError, VocabError
+from mmada.models import MMaDAConfig
+from mmada.models.configuration import BUILTIN_TOKEN_IDS
+from mmada.tokenization import (
+    SPECIAL_TOKENS,
+    SequenceBuilder,
+    SpecialTokenIds,
+    check_vocab,
+    left_pad,
+    load_text_tokenizer,
+    train_bpe_tokenizer,
+)
+from mmada.tokenization.special import OFFICIAL_IDS
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_text_tokenizer("builtin")
+
+
+def test_builtin_tokenizer_layout(tok):
+    assert len(tok) == 1024
+    assert tok.convert_ids_to_tokens(list(range(len(SPECIAL_TOKENS)))) == list(SPECIAL_TOKENS)
+    sp = SpecialTokenIds.from_tokenizer(tok)
+    assert (sp.bos, sp.eos, sp.mask) == (BUILTIN_TOKEN_IDS["bos_token_id"], BUILTIN_TOKEN_IDS["eos_token_id"],
+                                         BUILTIN_TOKEN_IDS["mask_token_id"])
+    assert sp.image_offset == 1024
+    check_vocab(sp, MMaDAConfig.from_preset("tiny"))
+    text = "Ann has 3 apples. <think>3 + 5 = 8.</think> The answer is 8."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_bpe_training_is_deterministic_and_pads_vocab():
+    texts = ["a red circle", "two blue squares", "How many apples?"] * 20
+    a, b = train_bpe_tokenizer(texts, 400), train_bpe_tokenizer(texts, 400)
+    assert a.get_vocab() == b.get_vocab() and len(a) == 400  # small corpus: reserved tokens fill the rest
+    with pytest.raises(VocabError, match="too small"):
+        train_bpe_tokenizer(texts, 100)
+
+
+def _llada_like_tokenizer(size: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with LLaDA's special-token placement (named tokens at the official ids)."""
+    named = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336, "<|eot_id|>": 126348,
+             "<|start_header_id|>": 126346, "<|end_header_id|>": 126347}
+    by_id = {v: k for k, v in named.items()}
+    vocab = {by_id.get(i, f"<|reserved_token_{i}|>"): i for i in range(size)}
+    vocab["hello"] = 5  # a real word, replacing reserved token 5
+    del vocab["<|reserved_token_5|>"]
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<|reserved_token_0|>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+
+
+def test_official_ids_resolved_for_llada_tokenizer():
+    sp = SpecialTokenIds.from_tokenizer(_llada_like_tokenizer(126464))
+    off = SpecialTokenIds.official()
+    assert sp.soi == off.soi == 126084 and sp.r2i == 126094 and sp.ipad == 126093 and sp.t2i == 126088
+    assert sp.mask == 126336 and sp.eos == 126081 and sp.image_offset == 126464
+    assert sp.start_header == 126346 and sp.end_header == 126347
+    with pytest.raises(VocabError, match="126400 tokens, expected 126464"):
+        SpecialTokenIds.from_tokenizer(_llada_like_tokenizer(126400))
+
+
+def test_layouts_with_official_ids():
+    tok = _llada_like_tokenizer(126464)
+    sb = SequenceBuilder(tok)
+    o = OFFICIAL_IDS
+    b = sb.t2i(["hello"], torch.tensor([[0, 7, 8191]]), max_text_len=5)
+    expected = [o["[iPAD]"], o["[iPAD]"], o["<|t2i|>"], o["<|startoftext|>"], 5, o["<|endoftext|>"], o["<|soi|>"],
+                126464, 126471, 134655, o["<|eoi|>"]]
+    assert b.input_ids[0].tolist() == expected
+    assert b.attention_mask[0].tolist() == [False, False] + [True] * 9
+    assert b.image_mask[0].tolist() == [False] * 7 + [True] * 3 + [False]
+    assert b.prompt_mask[0].tolist() == [True] * 7 + [False] * 3 + [True]
+    lm = sb.lm(["hello hello"], max_text_len=6)
+    assert lm.input_ids[0].tolist() == [126080, 5, 5, 126081, 126081, 126081] and not lm.prompt_mask.any()
+
+
+def test_check_vocab_mismatch_names_values(tok):
+    sp = SpecialTokenIds.from_tokenizer(tok)
+    with pytest.raises(VocabError, match="1024 tokens but the checkpoint's llm_vocab_size is 126464"):
+        check_vocab(sp, MMaDAConfig.from_preset("8b"))
+    with pytest.raises(VocabError, match="mask token id 2 != checkpoint mask_token_id 7"):
+        check_vocab(sp, MMaDAConfig.from_preset("tiny", mask_token_id=7))
+
+
+def test_chat_and_mmu_prompt_masks(tok):
+    sb = SequenceBuilder(tok)
+    sp = sb.special
+    prompt = sb.chat_prompt("What is 2+3?")
+    assert prompt[0] == sp.bos
+    assert tok.decode(prompt) == (
+        "<|startoftext|><|start_header_id|>user<|end_header_id|>\nWhat is 2+3?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n"
+    )
+    rows = sb.chat(["What is 2+3?"], ["5"], max_text_len=40)
+    n = len(prompt)
+    assert rows.input_ids[0, :n].tolist() == prompt
+    assert rows.prompt_mask[0].tolist() == [True] * n + [False] * (40 - n)
+    ans = sb.encode("5")
+    assert rows.input_ids[0, n : n + len(ans)].tolist() == ans
+    assert (rows.input_ids[0, n + len(ans):] == sp.eos).all()  # EOS fill is part of the target
+    think = sb.chat_prompt("Q", think=True)
+    assert "<think>" in tok.decode(think) and len(think) > len(sb.chat_prompt("Q"))
+    codes = torch.tensor([[1, 2, 3, 4]])
+    m = sb.mmu(codes, ["What color?"], ["red"], max_text_len=30)
+    assert m.input_ids[0, :7].tolist() == [sp.mmu, sp.soi, 1025, 1026, 1027, 1028, sp.eoi]
+    assert m.image_mask[0].nonzero().flatten().tolist() == [2, 3, 4, 5]
+    assert m.prompt_mask[0, : 7 + len(sb.chat_prompt("What color?"))].all()
+    # Generation prompts are left-padded; the image slots move with the padding.
+    g = sb.mmu(torch.tensor([[1, 2], [3, 4]]), ["Q", "a much longer question here"])
+    for i in range(2):
+        start = int((~g.attention_mask[i]).sum()) + 2
+        assert g.image_mask[i].nonzero().flatten().tolist() == [start, start + 1]
+        assert g.input_ids[i, start - 2].item() == sp.mmu
+
+
+def test_bad_inputs(tok):
+    sb = SequenceBuilder(tok)
+    with pytest.raises(MMaDAError, match="mask token"):
+        sb.encode("hello <|mdm_mask|> there")
+    with pytest.raises(MMaDAError, match="leaves no room"):
+        sb.chat(["a long question " * 20], ["x"], max_text_len=10)
+    with pytest.raises(MMaDAError, match="2 prompts but 1 answers"):
+        sb.chat(["a", "b"], ["x"])
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=1)
+    assert ids.tolist() == [[5, 6, 7], [1, 1, 8]] and mask.tolist() == [[True] * 3, [False, False, True]]
