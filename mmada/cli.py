@@ -21,6 +21,7 @@ from mmada.errors import MMaDAError
 # the handlers so `mmada --help` is fast).
 COMMAND_MODULES = [
     "mmada.commands",
+    "mmada.eval.cli",
 ]
 
 

@@ -1,0 +1,289 @@
+"""Evaluation reports that always say *how* a number was produced.
+
+Protocol mismatches are the most common reason reproduced numbers disagree, so an
+:class:`EvalReport` cannot be built without its protocol, dataset, sample count, few-shot count,
+model reference and sampler settings (fields that do not apply, or are unknown because the
+predictions came from a file, are written as ``null`` — never left out). It prints as a table,
+saves as JSON (atomically; DVC reads ``metrics`` from it), and logs to MLflow with its images.
+
+    report = EvalReport(suite="math", protocol="gsm8k_flexible", dataset="builtin:arithmetic", n=200,
+                        model=ModelRef.from_path("runs/ckpt"), sampler=SamplerSettings(steps=64, …),
+                        metrics={"accuracy": 0.41})
+    print(report.table()); report.write_json("eval/math.json")
+    log_report(report, tracking_uri, images={"grid": grid_png})
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmada.errors import MMaDAError
+
+FULL_HASH_LIMIT = 2 * 1024**3  # hash weight contents up to 2 GiB; larger → header/size fingerprint
+
+
+class SamplerSettings(BaseModel):
+    """Decoding settings behind the evaluated outputs (None = not applicable / unknown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["model", "predictions_file", "ground_truth"] = "model"
+    """``model``: generated in this run; ``predictions_file``: scored from a file (settings as stated)."""
+    steps: int | None = None
+    gen_length: int | None = None
+    block_length: int | None = None
+    temperature: float | None = None
+    cfg_scale: float | None = None
+    remasking: str | None = None
+    guidance_scale: float | None = None
+    """Image (MaskGIT) guidance; text CFG is ``cfg_scale``."""
+    cache: str | None = None
+    """KV-cache mode of accelerated samplers (e.g. Fast-dLLM ``prefix``/``dual``); None = no cache."""
+    threshold: float | None = None
+    """Confidence threshold of parallel decoding; None = fixed tokens per step."""
+    mc_num: int | None = None
+    """Monte-Carlo samples of the ELBO (likelihood tasks)."""
+    seed: int | None = None
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    version: str | None = None
+    """A registry version (``models:/name/3``), a user label, or a content fingerprint of the weights."""
+    name: str | None = None
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike | None, version: str | None = None, name: str | None = None) -> ModelRef:
+        if path is None:
+            return cls(path=None, version=version, name=name)
+        return cls(path=str(path), version=version or weights_fingerprint(path), name=name)
+
+
+def weights_fingerprint(path: str | os.PathLike) -> str | None:
+    """``sha256:<12 hex>`` of a checkpoint's safetensors files (contents up to 2 GiB, else their
+    headers and sizes, prefixed ``meta:``); None if the directory has no safetensors."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else ([p] if p.suffix == ".safetensors" else [])
+    if not files:
+        return None
+    h = hashlib.sha256()
+    full = sum(f.stat().st_size for f in files) <= FULL_HASH_LIMIT
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            if full:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                n = int.from_bytes(fh.read(8), "little")
+                h.update(fh.read(min(n, 1 << 24)))
+                h.update(str(f.stat().st_size).encode())
+    return ("sha256:" if full else "meta:") + h.hexdigest()[:12]
+
+
+class EvalReport(BaseModel):
+    """One evaluation result with everything needed to interpret and reproduce it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str
+    """What was evaluated: ``math``, ``mmu``, ``pope``, ``t2i_shapes``, ``t2i_class``, ``clip``, …"""
+    protocol: str
+    """Named protocol: answer extraction (``gsm8k_flexible``…), ``pope_llava``, ``geneval_shapes``, …"""
+    dataset: str
+    n: int = Field(ge=0)
+    num_fewshot: int = Field(default=0, ge=0)
+    model: ModelRef
+    sampler: SamplerSettings
+    metrics: dict[str, float]
+    details: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    mmada_version: str = Field(default_factory=lambda: _package_version())
+
+    def table(self) -> str:
+        """A two-column text table: the settings, then the metrics."""
+        s = self.sampler
+        rows: list[tuple[str, str]] = [
+            ("suite", self.suite), ("protocol", self.protocol), ("dataset", self.dataset), ("n", str(self.n)),
+            ("few-shot", str(self.num_fewshot)), ("model", str(self.model.path)), ("version", str(self.model.version)),
+            ("outputs from", s.source),
+        ]
+        rows += [(f"sampler.{k}", _fmt(v)) for k, v in s.model_dump().items() if k != "source"]
+        rows.append(("", ""))
+        rows += [(k, _fmt(v)) for k, v in self.metrics.items()]
+        w = max(len(k) for k, _ in rows)
+        line = "-" * (w + 3 + max(len(v) for _, v in rows))
+        body = "\n".join(f"{k:<{w}} | {v}" if k else line for k, v in rows)
+        return f"{line}\n{body}\n{line}"
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        return write_json_atomic(self.model_dump(mode="json"), path)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mmada")
+    except Exception:  # running from a source tree without installed metadata
+        return "unknown"
+
+
+def flatten_metrics(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numeric dicts → ``{"a/b": x}`` (non-numeric leaves dropped; bools → 0/1)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out |= flatten_metrics(v, key + "/")
+        elif isinstance(v, bool | int | float) and not (isinstance(v, float) and not math.isfinite(v)):
+            out[key] = float(v)
+    return out
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON to a temp file in the same directory, then rename (no half-written files)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def write_jsonl_atomic(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, default=str) + "\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def image_grid(images: Sequence[Image.Image], ncol: int = 8, pad: int = 2, scale: int = 1) -> Image.Image:
+    """Tile images (resized to the first one's size × ``scale``) into a grid on a grey background."""
+    if not images:
+        raise MMaDAError("no images to put in a grid")
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    ncol = max(1, min(ncol, len(images)))
+    nrow = math.ceil(len(images) / ncol)
+    grid = Image.new("RGB", (ncol * (w + pad) + pad, nrow * (h + pad) + pad), (64, 64, 64))
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncol)
+        grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid
+
+
+def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow
+
+
+def log_report(
+    report: EvalReport,
+    tracking_uri: str,
+    *,
+    experiment: str = "mmada-eval",
+    run_name: str | None = None,
+    images: Mapping[str, Image.Image] | None = None,
+    extra_artifacts: Sequence[str | os.PathLike] = (),
+    parent_run_id: str | None = None,
+) -> str:
+    """Log a report as one MLflow run: params (settings), metrics, tags and artifacts; returns the run id.
+
+    Params: protocol, dataset, n, num_fewshot, model path/version and every sampler field. Tags
+    ``mmada.eval.suite`` and ``mmada.model_version`` let the registry compare versions. Artifacts:
+    ``report.json`` and ``images/<name>.png``.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    tags = {
+        "mmada.eval.suite": report.suite,
+        "mmada.eval.protocol": report.protocol,
+        "mmada.model_path": str(report.model.path),
+        "mmada.model_version": str(report.model.version),
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=run_name or f"eval-{report.suite}-{report.protocol}", tags=tags)
+    rid = run.info.run_id
+    try:
+        params = {
+            "suite": report.suite, "protocol": report.protocol, "dataset": report.dataset, "n": report.n,
+            "num_fewshot": report.num_fewshot, "model.path": report.model.path, "model.version": report.model.version,
+        } | {f"sampler.{k}": v for k, v in report.sampler.model_dump().items()}
+        ts = int(_dt.datetime.now().timestamp() * 1000)
+        client.log_batch(
+            rid,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in report.metrics.items()],
+            params=[Param(k, ("null" if v is None else str(v))[:500]) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            report.write_json(Path(tmp) / "report.json")
+            client.log_artifact(rid, str(Path(tmp) / "report.json"))
+            for name, im in (images or {}).items():
+                f = save_png_atomic(im, Path(tmp) / "images" / f"{name}.png")
+                client.log_artifact(rid, str(f), artifact_path="images")
+        for a in extra_artifacts:
+            client.log_artifact(rid, str(a))
+        client.set_terminated(rid, "FINISHED")
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid

@@ -1,0 +1,439 @@
+"""Evaluation jobs: data in, :class:`~mmada.eval.report.EvalReport` out.
+
+These are the functions behind ``mmada eval …`` (and what a Prefect flow or DVC stage calls):
+
+    evaluate_math        generate answers with the diffusion sampler (or read a predictions file),
+                         extract under a named protocol, score
+    evaluate_qa          MMU question answering (exact / normalised match); shapes VQA via an image codec
+    evaluate_pope        POPE yes/no metrics
+    evaluate_t2i_shapes  GenEval-like shapes score of images (generated or given)
+    evaluate_class       class accuracy of generated images (digits / Fashion-MNIST classifier)
+    evaluate_clip        CLIP score with a local CLIP model
+    evaluate_reconstruction  image-tokenizer round trip: MSE / PSNR and an original-vs-reconstruction grid
+
+Data sources (``load_records``): ``builtin:arithmetic``, ``builtin:shapes``, ``sklearn:digits``, a ``.jsonl`` / ``.json``
+file, WebDataset ``.tar`` shards (the ``.json`` member of each sample), or a directory of those.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmada.errors import MMaDAError
+from mmada.eval.answers import PROTOCOLS, default_match, math_accuracy
+from mmada.eval.mmu import pope_evaluate, qa_accuracy
+from mmada.eval.report import EvalReport, ModelRef, SamplerSettings, flatten_metrics, image_grid
+from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
+
+GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")  # lm-eval gsm8k ``until``
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _load_image_field(rec: dict, base: Path | None) -> dict:
+    v = rec.get("image")
+    if isinstance(v, str) and base is not None:
+        p = (base / v) if not Path(v).is_absolute() else Path(v)
+        if not p.is_file():
+            raise MMaDAError(f"record {rec.get('id', '?')!r}: image file {p} not found")
+        rec = {**rec, "image": Image.open(p).convert("RGB")}
+    return rec
+
+
+def _read_tar(path: Path) -> list[dict]:
+    """WebDataset shard → one dict per sample: its ``.json`` member, plus a decoded image member."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(path) as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            data = tf.extractfile(m).read()
+            s = samples.setdefault(key, {"__key__": key})
+            if ext == "json":
+                s.update(json.loads(data))
+            elif ext in ("png", "jpg", "jpeg", "webp"):
+                s["image"] = Image.open(io.BytesIO(data)).convert("RGB")
+            elif ext in ("txt", "caption"):
+                s.setdefault(ext, data.decode())
+    return list(samples.values())
+
+
+def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int = 0) -> list[dict]:
+    """Records from ``builtin:arithmetic`` / ``builtin:shapes`` / ``sklearn:digits`` / jsonl / json / tar / a dir."""
+    if source.startswith("builtin:"):
+        name = source.split(":", 1)[1]
+        count = 200 if n is None else n
+        if name == "arithmetic":
+            from mmada.data.builtin.arithmetic import generate_arithmetic
+
+            return generate_arithmetic(count, seed=seed, start=start)
+        if name == "shapes":
+            from mmada.data.builtin.shapes import generate_shapes
+
+            return generate_shapes(count, seed=seed, start=start)
+        raise MMaDAError(f"unknown built-in dataset {source!r}; expected builtin:arithmetic, builtin:shapes "
+                         "or sklearn:digits")
+    if source == "sklearn:digits":  # as the data layer's source: bilinear 32×32, "a handwritten digit N"
+        from sklearn.datasets import load_digits
+
+        from mmada.eval.classifier import digits_to_image
+
+        d = load_digits()
+        stop = len(d.target) if n is None else min(len(d.target), start + n)
+        return [{"id": f"digit-{i}", "caption": f"a handwritten digit {int(d.target[i])}", "label": int(d.target[i]),
+                 "image": digits_to_image(d.images[i], 32, "bilinear")} for i in range(start, stop)]
+    p = Path(source)
+    if p.is_dir():
+        files = sorted([*p.glob("*.jsonl"), *p.glob("*.tar")])
+        if not files:
+            raise MMaDAError(f"{p}: no .jsonl or .tar files")
+        recs = [r for f in files for r in load_records(str(f))]
+    elif not p.is_file():
+        raise MMaDAError(f"data source {source!r} is neither a file, a directory nor builtin:<name>")
+    elif p.suffix == ".jsonl":
+        recs = []
+        for i, line in enumerate(p.read_text().splitlines()):
+            if line.strip():
+                try:
+                    recs.append(_load_image_field(json.loads(line), p.parent))
+                except json.JSONDecodeError as exc:
+                    raise MMaDAError(f"{p}:{i + 1}: invalid JSON ({exc.msg})") from None
+    elif p.suffix == ".json":
+        data = json.loads(p.read_text())
+        if not isinstance(data, list):
+            raise MMaDAError(f"{p}: expected a JSON list of records")
+        recs = [_load_image_field(r, p.parent) for r in data]
+    elif p.suffix == ".tar":
+        recs = _read_tar(p)
+    else:
+        raise MMaDAError(f"{p}: unsupported data file type {p.suffix!r} (use .jsonl, .json or .tar)")
+    return recs[start:] if n is None else recs[start : start + n]
+
+
+# ---------------------------------------------------------------------------------------------
+# math
+
+
+def fewshot_prefix(examples: Sequence[Mapping], question_field: str, answer_field: str) -> str:
+    """lm-eval gsm8k style: ``Question: …\\nAnswer: …\\n\\n`` per example (``solution`` wins over the answer)."""
+    return "".join(
+        f"Question: {ex[question_field]}\nAnswer: {ex.get('solution') or ex[answer_field]}\n\n" for ex in examples
+    )
+
+
+def evaluate_math(
+    records: Sequence[Mapping],
+    *,
+    protocol: str,
+    dataset: str,
+    lm=None,
+    sampler: SamplerSettings | None = None,
+    num_fewshot: int = 0,
+    fewshot_records: Sequence[Mapping] = (),
+    question_field: str = "question",
+    answer_field: str = "answer",
+    response_field: str = "response",
+    match: str | None = None,
+    chat: bool = True,
+    batch_size: int = 8,
+    model_ref: ModelRef | None = None,
+) -> tuple[EvalReport, list[dict]]:
+    """Math accuracy under ``protocol``; generates with ``lm`` (a ``LoadedModel``) or scores ``response_field``.
+
+    Prompts: ``num_fewshot`` examples from ``fewshot_records`` in lm-eval's ``Question:/Answer:``
+    format, then ``Question: {q}\\nAnswer:``; with ``chat`` the whole prompt is the user turn of the
+    chat template. Generations are cut at lm-eval's gsm8k stop strings.
+    """
+    if protocol not in PROTOCOLS:
+        raise MMaDAError(f"unknown answer protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if num_fewshot > len(fewshot_records):
+        raise MMaDAError(f"num_fewshot={num_fewshot} but only {len(fewshot_records)} few-shot records were given")
+    if not records:
+        raise MMaDAError(f"{dataset}: no records to evaluate")
+    recs = [dict(r) for r in records]
+    if lm is not None:
+        from mmada.eval.harness import apply_stops
+        from mmada.inference import generate_answers
+
+        s = sampler or SamplerSettings(steps=64, gen_length=64, block_length=32, temperature=0.0, cfg_scale=0.0,
+                                       remasking="low_confidence", seed=0)
+        prefix = fewshot_prefix(fewshot_records[:num_fewshot], question_field, answer_field)
+        for i in range(0, len(recs), batch_size):
+            chunk = recs[i : i + batch_size]
+            prompts = [f"{prefix}Question: {r[question_field]}\nAnswer:" for r in chunk]
+            outs = generate_answers(
+                lm, prompts, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
+                temperature=s.temperature or 0.0, cfg_scale=s.cfg_scale or 0.0,
+                remasking=s.remasking or "low_confidence", chat=chat, seed=(s.seed or 0) + i,
+            )
+            for r, o in zip(chunk, outs, strict=True):
+                r[response_field] = apply_stops(o, GSM8K_STOPS)
+        sampler = s.model_copy(update={"source": "model"})
+    else:
+        sampler = (sampler or SamplerSettings()).model_copy(update={"source": "predictions_file"})
+    match = match or default_match(protocol)
+    metrics, rows = math_accuracy(
+        recs, protocol, response_field=response_field, answer_field=answer_field, match=match
+    )
+    for row, r in zip(rows, recs, strict=True):
+        row["response"] = r[response_field]
+    report = EvalReport(
+        suite="math", protocol=protocol, dataset=dataset, n=metrics["n"], num_fewshot=num_fewshot,
+        model=model_ref or ModelRef(), sampler=sampler,
+        metrics={"accuracy": metrics["accuracy"], "no_answer_rate": metrics["no_answer_rate"]},
+        details={"match": match, "chat": chat if lm is not None else None},
+    )
+    return report, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# image codecs (how images become tokens and back)
+
+
+class ImageCodec(Protocol):
+    name: str
+
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor: ...  # (B, N) long
+    def decode(self, codes: torch.Tensor) -> list[Image.Image]: ...
+
+
+class PaletteCodec:
+    """The demo's fixed palette quantiser: 4×4 patches → nearest palette colour (8×8 = 64 codes)."""
+
+    name = "palette"
+
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        from mmada.demo import palette_codes
+
+        return torch.from_numpy(np.stack([palette_codes(im) for im in images])).long()
+
+    def decode(self, codes: torch.Tensor) -> list[Image.Image]:
+        from mmada.demo import palette_image
+
+        return [palette_image(c.cpu().numpy()) for c in codes]
+
+
+class MagvitCodec:
+    """A MAGVIT-v2 checkpoint directory (``mmada.models.vq.MAGVITv2``) at a fixed resolution."""
+
+    def __init__(self, path: str, resolution: int | None = None, device: str = "cpu"):
+        from mmada.models.vq import MAGVITv2
+
+        self.vq = MAGVITv2.from_pretrained(path, device=device)
+        self.resolution = resolution or self.vq.config.resolution
+        self.name = f"magvitv2:{path}"
+
+    def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return self.vq.encode(self.vq.preprocess(list(images), resolution=self.resolution))
+
+    def decode(self, codes: torch.Tensor) -> list[Image.Image]:
+        px = self.vq.decode(codes)  # (B, 3, H, W) in [-1, 1]
+        arr = ((px + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in arr]
+
+
+def load_image_codec(spec: str, *, device: str = "cpu", resolution: int | None = None) -> ImageCodec:
+    """``palette`` or a MAGVIT-v2 checkpoint directory."""
+    if spec == "palette":
+        return PaletteCodec()
+    if not Path(spec).is_dir():
+        raise MMaDAError(f"image tokenizer {spec!r}: expected 'palette' or a MAGVIT-v2 checkpoint directory")
+    return MagvitCodec(spec, resolution, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# understanding
+
+
+def shapes_vqa_items(records: Sequence[Mapping]) -> list[dict]:
+    """Flatten built-in shapes records into ``{image, question, answer, id}`` QA items."""
+    return [
+        {"id": f"{r['id']}-q{j}", "image": r["image"], "question": qa["question"], "answer": qa["answer"]}
+        for r in records for j, qa in enumerate(r["vqa"])
+    ]
+
+
+@torch.no_grad()
+def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions: Sequence[str],
+                sampler: SamplerSettings, *, batch_size: int = 8) -> list[str]:
+    """Answer questions about images with the model: image codes → ``<|mmu|>`` prefix → block sampler."""
+    from mmada.diffusion import generate_text
+
+    out: list[str] = []
+    sp = lm.builder.special
+    for i in range(0, len(images), batch_size):
+        codes = codec.encode(images[i : i + batch_size])
+        batch = lm.builder.mmu(codes, list(questions[i : i + batch_size])).to(lm.device)
+        gen = torch.Generator(device=lm.device).manual_seed((sampler.seed or 0) + i)
+        ids = generate_text(
+            lm.model, batch.input_ids, attention_mask=batch.attention_mask, steps=sampler.steps,
+            gen_length=sampler.gen_length, block_length=sampler.block_length, temperature=sampler.temperature or 0.0,
+            cfg_scale=sampler.cfg_scale or 0.0, remasking=sampler.remasking or "low_confidence", mask_id=sp.mask,
+            generator=gen,
+        )[:, batch.input_ids.shape[1] :]
+        for row in ids.tolist():
+            for stop in (sp.eos, sp.eot):
+                if stop in row:
+                    row = row[: row.index(stop)]
+            out.append(lm.tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+def evaluate_qa(
+    items: Sequence[Mapping], *, dataset: str, predictions: Sequence[str] | None = None, lm=None,
+    codec: ImageCodec | None = None, sampler: SamplerSettings | None = None, model_ref: ModelRef | None = None,
+    prediction_field: str = "prediction",
+) -> tuple[EvalReport, list[dict]]:
+    """MMU QA accuracy (normalised exact match + contains) from predictions or from the model."""
+    if not items:
+        raise MMaDAError(f"{dataset}: no QA items")
+    if lm is not None:
+        if codec is None:
+            raise MMaDAError("evaluating MMU with a model needs an image tokenizer (codec)")
+        sampler = sampler or SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=0.0, cfg_scale=0.0,
+                                             remasking="low_confidence", seed=0)
+        preds = mmu_answers(lm, codec, [it["image"] for it in items], [it["question"] for it in items], sampler)
+        sampler = sampler.model_copy(update={"source": "model"})
+    else:
+        if predictions is None:
+            missing = [i for i, it in enumerate(items) if prediction_field not in it]
+            if missing:
+                raise MMaDAError(f"QA item {missing[0]} has no {prediction_field!r} field and no model was given")
+            predictions = [it[prediction_field] for it in items]
+        preds = list(predictions)
+        sampler = (sampler or SamplerSettings()).model_copy(update={"source": "predictions_file"})
+    m = qa_accuracy(preds, [it["answer"] for it in items])
+    rows = [{"id": it.get("id", i), "question": it["question"], "answer": it["answer"], "prediction": p}
+            for i, (it, p) in enumerate(zip(items, preds, strict=True))]
+    report = EvalReport(
+        suite="mmu", protocol="normalized_exact_match", dataset=dataset, n=m["n"], model=model_ref or ModelRef(),
+        sampler=sampler, metrics={"exact_match": m["exact_match"], "contains_match": m["contains_match"]},
+        details={"image_tokenizer": getattr(codec, "name", None)},
+    )
+    return report, rows
+
+
+def evaluate_pope(questions: Sequence[Mapping], answers: Sequence[Mapping] | None, *, dataset: str,
+                  model_ref: ModelRef | None = None, sampler: SamplerSettings | None = None) -> EvalReport:
+    res = pope_evaluate(questions, answers)
+    metrics = {k: res["overall"][k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")}
+    metrics |= {"mean_f1": res["mean_f1"], "mean_accuracy": res["mean_accuracy"]}
+    metrics |= flatten_metrics({"split": {c: {k: v[k] for k in ("accuracy", "f1", "yes_ratio")}
+                                          for c, v in res["splits"].items()}})
+    return EvalReport(
+        suite="pope", protocol="pope_llava", dataset=dataset, n=res["overall"]["n"], model=model_ref or ModelRef(),
+        sampler=(sampler or SamplerSettings()).model_copy(update={"source": "predictions_file"}), metrics=metrics,
+        details={"confusion": {k: res["overall"][k] for k in ("tp", "fp", "tn", "fn")}},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def generate_images(lm, codec: ImageCodec, captions: Sequence[str], sampler: SamplerSettings,
+                    *, batch_size: int = 8) -> list[Image.Image]:
+    """Captions → images: MaskGIT decoding of image tokens (``generate_image_codes``) → codec decode."""
+    from mmada.inference import generate_image_codes
+
+    out: list[Image.Image] = []
+    for i in range(0, len(captions), batch_size):
+        codes = generate_image_codes(
+            lm, list(captions[i : i + batch_size]), steps=sampler.steps or 12,
+            guidance_scale=sampler.guidance_scale or 0.0,
+            temperature=1.0 if sampler.temperature is None else sampler.temperature, seed=(sampler.seed or 0) + i,
+        )
+        out.extend(codec.decode(codes))
+    return out
+
+
+def evaluate_t2i_shapes(
+    images: Sequence[Image.Image], specs: Sequence[str | Mapping], *, dataset: str, sampler: SamplerSettings,
+    model_ref: ModelRef | None = None, grid_size: int = 32,
+) -> tuple[EvalReport, list[dict], Image.Image]:
+    """GenEval-like shapes score; returns the report, per-image rows and a grid of the first images."""
+    if len(images) != len(specs):
+        raise MMaDAError(f"{len(images)} images for {len(specs)} captions/metadata; lengths must match")
+    if not images:
+        raise MMaDAError(f"{dataset}: no images to score")
+    rows = []
+    for im, sp in zip(images, specs, strict=True):
+        r = score_shapes_image(im, sp)
+        rows.append({k: r[k] for k in ("correct", "task", "caption", "score", "criteria", "groups", "detected")})
+    summary = geneval_summary(rows)
+    metrics = {"overall": summary["overall"]} | {f"task/{t}": v for t, v in summary["tasks"].items()}
+    metrics["mean_criteria_score"] = float(np.mean([r["score"] for r in rows]))
+    report = EvalReport(
+        suite="t2i_shapes", protocol="geneval_shapes", dataset=dataset, n=len(rows), model=model_ref or ModelRef(),
+        sampler=sampler, metrics=metrics, details={"n_per_task": summary["n"]},
+    )
+    return report, rows, image_grid(list(images[:grid_size]), ncol=8, scale=2)
+
+
+def evaluate_class(
+    images: Sequence[Image.Image], labels: Sequence, bundle, *, dataset: str, sampler: SamplerSettings,
+    model_ref: ModelRef | None = None,
+) -> EvalReport:
+    from mmada.eval.classifier import class_accuracy
+
+    r = class_accuracy(bundle, images, labels)
+    return EvalReport(
+        suite="t2i_class", protocol=f"classifier:{bundle.meta.get('dataset')}", dataset=dataset, n=r["n"],
+        model=model_ref or ModelRef(), sampler=sampler,
+        metrics={"accuracy": r["accuracy"], "classifier_held_out_accuracy": r["classifier_held_out_accuracy"]},
+        details={"per_class": r["per_class"], "classifier": {k: v for k, v in bundle.meta.items() if k != "classes"}},
+    )
+
+
+def evaluate_clip(
+    images: Sequence[Image.Image], captions: Sequence[str], clip_path: str, *, dataset: str,
+    sampler: SamplerSettings, model_ref: ModelRef | None = None,
+) -> EvalReport:
+    from mmada.eval.clip_score import CLIPScorer
+
+    r = CLIPScorer(clip_path).score(images, captions)
+    return EvalReport(
+        suite="clip", protocol="clip_score_100cos_clip0", dataset=dataset, n=r["n"], model=model_ref or ModelRef(),
+        sampler=sampler, metrics={"clip_score": r["clip_score"], "clip_score_torchmetrics": r["clip_score_torchmetrics"]},
+        details={"clip_model": r["clip_model"]},
+    )
+
+
+def evaluate_reconstruction(
+    codec: ImageCodec, images: Sequence[Image.Image], *, dataset: str, grid_size: int = 16
+) -> tuple[EvalReport, Image.Image]:
+    """Tokenizer round trip: per-pixel MSE and PSNR (0..255 scale) and an [original | reconstruction] grid."""
+    if not images:
+        raise MMaDAError(f"{dataset}: no images to reconstruct")
+    recon = codec.decode(codec.encode(images))
+    mse = []
+    for a, b in zip(images, recon, strict=True):
+        x = np.asarray(a.convert("RGB"), dtype=np.float64)
+        y = np.asarray(b.convert("RGB").resize(a.size, Image.Resampling.BICUBIC), dtype=np.float64)
+        mse.append(float(((x - y) ** 2).mean()))
+    mean_mse = float(np.mean(mse))
+    psnr = float(np.mean([10 * math.log10(255**2 / m) if m > 0 else 100.0 for m in mse]))
+    pairs = [im for a, b in zip(images[:grid_size], recon[:grid_size], strict=True) for im in (a, b.resize(a.size))]
+    report = EvalReport(
+        suite="reconstruction", protocol="mse_psnr_uint8", dataset=dataset, n=len(images), model=ModelRef(name=codec.name),
+        sampler=SamplerSettings(source="ground_truth"), metrics={"mse": mean_mse, "psnr": psnr},
+    )
+    return report, image_grid(pairs, ncol=8, scale=2)
+
+
+def run_all(reports: Iterable[EvalReport]) -> dict:
+    """Combine several reports into one JSON-able dict ``{suite/protocol: report}`` (for DVC metrics)."""
+    return {f"{r.suite}/{r.protocol}": r.model_dump(mode="json") for r in reports}
+
