@@ -21,7 +21,9 @@ from mmada.errors import MMaDAError
 # the handlers so `mmada --help` is fast).
 COMMAND_MODULES = [
     "mmada.commands",
+    "mmada.data.cli",
     "mmada.eval.cli",
+    "mmada.vq.cli",
 ]
 
 

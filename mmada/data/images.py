@@ -1,0 +1,104 @@
+"""Image checks and canonical encoding for curated samples.
+
+Every image — JPEG bytes from an img2dataset tar, an HF ``{bytes, path}`` struct, a numpy IDX
+digit, a PIL image from a generator — is decoded, checked (decodable, each side ≥
+``filters.min_image_size``, at most ``filters.max_image_pixels`` pixels, checked from the header
+*before* decoding so decompression bombs are refused cheaply), converted to RGB, optionally resized
+and centre-cropped to ``images.size``, and re-encoded as PNG with fixed settings so shards are
+byte-reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mmada.data.errors import RecordRejected
+
+PNG_COMPRESS_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    png: bytes
+    width: int
+    height: int
+    sha256: str  # of the RGB pixels
+
+
+def to_pil(obj: Any, *, max_pixels: int) -> Image.Image:
+    """Decode ``obj`` into a loaded PIL image, raising ``RecordRejected`` for bad images."""
+    if isinstance(obj, dict):  # HF datasets Image feature: {"bytes": b"...", "path": "..."}
+        if not isinstance(obj.get("bytes"), (bytes, bytearray)):
+            raise RecordRejected("missing_field", "image struct has no bytes")
+        obj = obj["bytes"]
+    if isinstance(obj, Image.Image):
+        if obj.width * obj.height > max_pixels:
+            raise RecordRejected("image_too_large", f"{obj.width}x{obj.height} > {max_pixels} pixels")
+        return obj
+    if isinstance(obj, np.ndarray):
+        if obj.dtype != np.uint8 or obj.ndim not in (2, 3) or (obj.ndim == 3 and obj.shape[2] not in (1, 3, 4)):
+            raise RecordRejected("wrong_type", f"image array must be uint8 HxW[xC], got {obj.dtype} {obj.shape}")
+        arr = obj[:, :, 0] if obj.ndim == 3 and obj.shape[2] == 1 else obj
+        return Image.fromarray(np.ascontiguousarray(arr))
+    if not isinstance(obj, (bytes, bytearray, memoryview)):
+        raise RecordRejected("wrong_type", f"image must be bytes, got {type(obj).__name__}")
+    data = bytes(obj)
+    if not data:
+        raise RecordRejected("undecodable_image", "empty image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise RecordRejected("image_too_large", f"{w}x{h} > {max_pixels} pixels")
+            im.load()
+    except RecordRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RecordRejected("image_too_large", str(exc)) from None
+    except Exception as exc:  # PIL raises many types for corrupt data (OSError, SyntaxError, ValueError, …)
+        raise RecordRejected("undecodable_image", f"{type(exc).__name__}: {exc}") from None
+    return im
+
+
+def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def encode_png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buf.getvalue()
+
+
+def prepare_image(obj: Any, *, min_size: int, max_pixels: int, size: int | None) -> PreparedImage:
+    """Decode, check, convert to RGB, resize (optional) and PNG-encode one image."""
+    im = to_pil(obj, max_pixels=max_pixels)
+    if min(im.size) < min_size:
+        raise RecordRejected("image_too_small", f"{im.width}x{im.height} < {min_size} px")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    if size is not None:
+        im = resize_center_crop(im, size)
+    pixels = im.tobytes()
+    return PreparedImage(encode_png(im), im.width, im.height, hashlib.sha256(pixels).hexdigest())
+
+
+def decode_png_rgb(png: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 array."""
+    with Image.open(io.BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB"))
