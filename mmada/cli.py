@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "mmada.data.cli",
     "mmada.eval.cli",
     "mmada.vq.cli",
+    "mmada.training.cli",
 ]
 
 

@@ -62,6 +62,12 @@ def final_answer_text(completion: str) -> str:
     return m.group(2) if m else (completion or "")
 
 
+def _for_tasks(columns: Mapping[str, Any], n: int, tasks: tuple[str, ...]) -> list[bool]:
+    """Which samples a task-specific reward applies to (all of them when there is no ``task`` column)."""
+    task = columns.get("task")
+    return [True] * n if task is None else [t is None or t in tasks for t in task]
+
+
 def _column(columns: Mapping[str, Any], name: str, n: int) -> list:
     value = columns.get(name)
     if value is None:
@@ -74,7 +80,8 @@ def _column(columns: Mapping[str, Any], name: str, n: int) -> list:
 # --------------------------------------------------------------------------------------------- text
 @register_reward("math_correctness")
 def math_correctness(prompts: Sequence, completions: Sequence[str], **columns) -> list[float | None]:
-    """1.0 if the final answer equals the gold ``answer`` column, else 0.0; None without a gold answer.
+    """1.0 if the final answer equals the gold ``answer`` column, else 0.0; None without a gold answer
+    (or for rows whose ``task`` column is not a text-reasoning task).
 
     The answer is taken, in order, from ``<answer>…</answer>``, the last ``\\boxed{}``, ``#### N``,
     else the last number after ``</think>`` (numeric/symbolic equivalence via mmada.eval).
@@ -82,9 +89,10 @@ def math_correctness(prompts: Sequence, completions: Sequence[str], **columns) -
     from mmada.eval import extract_answer, is_equivalent
 
     gold = _column(columns, "answer", len(completions))
+    applies = _for_tasks(columns, len(completions), ("chat", "text", "reasoning"))
     out: list[float | None] = []
-    for c, g in zip(completions, gold):
-        if g is None or not isinstance(c, str):
+    for c, g, ok in zip(completions, gold, applies):
+        if g is None or not isinstance(c, str) or not ok:
             out.append(None)
             continue
         pred = None
@@ -110,10 +118,11 @@ def mmu_correctness(prompts: Sequence, completions: Sequence[str], **columns) ->
     from mmada.eval import normalize_answer
 
     gold = _column(columns, "answer", len(completions))
+    applies = _for_tasks(columns, len(completions), ("mmu",))
     return [
-        None if g is None or not isinstance(c, str)
+        None if g is None or not isinstance(c, str) or not ok
         else float(normalize_answer(final_answer_text(c)) == normalize_answer(str(g)))
-        for c, g in zip(completions, gold)
+        for c, g, ok in zip(completions, gold, applies)
     ]
 
 

@@ -191,3 +191,91 @@ class SequenceBuilder:
             ids[i, : len(row)] = torch.tensor(row)
             prompt[i, : len(p)] = True
         return ids, prompt
+
+    # ------------------------------------------------------------------ id-level builders
+    # The training data module tokenizes pre-rendered text (curated shards carry chat-rendered
+    # ``prompt``/``response`` strings) once per sample, then batches rows from ids with these.
+    # Each gives exactly what the string-level layout above gives for the same content.
+    def encode_rendered(self, text: str) -> list[int]:
+        """Ids of chat-rendered text; special-token strings in it (``<|eot_id|>`` …) map to their ids."""
+        return self.encode(text)
+
+    def chat_from_ids(
+        self, prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[int]], *, max_text_len: int = 256
+    ) -> SequenceBatch:
+        """Chat/SFT rows ``prompt answer <eos> <eos>…`` from ids (= :meth:`chat` for the same tokens)."""
+        ids, prompt = self._rows_from_ids(prompt_ids, answer_ids, max_text_len)
+        return SequenceBatch(ids, torch.ones_like(prompt), prompt, torch.zeros_like(prompt))
+
+    def mmu_from_ids(
+        self, image_codes: torch.Tensor, prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[int]],
+        *, max_text_len: int = 128,
+    ) -> SequenceBatch:
+        """Understanding rows from ids: ``<|mmu|> <|soi|> img <|eoi|> prompt answer <eos>…`` (= :meth:`mmu`)."""
+        sp = self.special
+        img = self.image_ids(image_codes)  # (B, N)
+        B, N = img.shape
+        if len(prompt_ids) != B:
+            raise MMaDAError(f"mmu got {B} images but {len(prompt_ids)} prompts")
+        prefix = torch.cat([torch.tensor([[sp.mmu, sp.soi]]).expand(B, 2), img, torch.full((B, 1), sp.eoi)], 1)
+        ids, prompt = self._rows_from_ids(prompt_ids, answer_ids, max_text_len)
+        image_mask = torch.zeros((B, N + 3 + ids.shape[1]), dtype=torch.bool)
+        image_mask[:, 2 : 2 + N] = True
+        return SequenceBatch(
+            torch.cat([prefix, ids], 1),
+            torch.ones_like(image_mask),
+            torch.cat([torch.ones((B, N + 3), dtype=torch.bool), prompt], 1),
+            image_mask,
+        )
+
+    def t2i_from_ids(
+        self, caption_ids: Sequence[Sequence[int]], image_codes: torch.Tensor, *, max_text_len: int = 128
+    ) -> SequenceBatch:
+        """Text-to-image rows from caption ids (no bos/eos; ``[]`` = the dropped, unconditional caption)."""
+        sp = self.special
+        B, N = image_codes.shape
+        if len(caption_ids) != B:
+            raise MMaDAError(f"t2i got {len(caption_ids)} captions but {B} images")
+        L = max_text_len + 1 + 1 + N + 1
+        ids = torch.empty((B, L), dtype=torch.long)
+        attn = torch.ones((B, L), dtype=torch.bool)
+        for i, cap in enumerate(caption_ids):
+            text = [sp.bos, *cap, sp.eos]
+            if len(text) > max_text_len:
+                text = [*text[: max_text_len - 1], sp.eos]
+            k = max_text_len - len(text)
+            ids[i, : k + 1 + len(text) + 1] = torch.tensor([sp.ipad] * k + [sp.t2i] + text + [sp.soi])
+            attn[i, :k] = False
+        ids[:, max_text_len + 2 : max_text_len + 2 + N] = self.image_ids(image_codes)
+        ids[:, -1] = sp.eoi
+        image_mask = torch.zeros((B, L), dtype=torch.bool)
+        image_mask[:, max_text_len + 2 : max_text_len + 2 + N] = True
+        return SequenceBatch(ids, attn, ~image_mask, image_mask)
+
+    def lm_from_ids(self, text_ids: Sequence[Sequence[int]], *, max_text_len: int = 256) -> SequenceBatch:
+        """Plain-text rows: ``<bos>`` (added unless the ids start with it) + text + ``<eos>`` + EOS fill."""
+        sp = self.special
+        ids = torch.full((len(text_ids), max_text_len), sp.eos, dtype=torch.long)
+        for i, t in enumerate(text_ids):
+            t = list(t)
+            row = ([] if t[:1] == [sp.bos] else [sp.bos]) + t + [sp.eos]
+            ids[i, : min(len(row), max_text_len)] = torch.tensor(row[:max_text_len])
+        z = torch.zeros_like(ids, dtype=torch.bool)
+        return SequenceBatch(ids, ~z, z.clone(), z.clone())
+
+    def _rows_from_ids(self, prompt_ids, answer_ids, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sp = self.special
+        if len(answer_ids) != len(prompt_ids):
+            raise MMaDAError(f"got {len(prompt_ids)} prompts but {len(answer_ids)} answers")
+        ids = torch.full((len(prompt_ids), max_len), sp.eos, dtype=torch.long)
+        prompt = torch.zeros((len(prompt_ids), max_len), dtype=torch.bool)
+        for i, (p, a) in enumerate(zip(prompt_ids, answer_ids)):
+            if len(p) >= max_len:
+                raise MMaDAError(
+                    f"row {i}: prompt has {len(p)} tokens, which leaves no room for the answer within "
+                    f"max_text_len={max_len}"
+                )
+            row = ([*p, *a, sp.eos])[:max_len]
+            ids[i, : len(row)] = torch.tensor(row)
+            prompt[i, : len(p)] = True
+        return ids, prompt

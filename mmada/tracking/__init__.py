@@ -1,4 +1,12 @@
-"""Experiment tracking (MLflow): tracking URI defaults, runs, lineage tags and the model registry."""
+"""Experiment tracking (MLflow): tracking URI defaults, fault-tolerant runs, lineage tags, the registry.
+
+    mmada.tracking.client     Tracker: retried/reported MLflow calls, background metric sender
+    mmada.tracking.logger     TrackerLogger: the Lightning logger over a Tracker
+    mmada.tracking.registry   register_export (HF export → model version + alias), resolve_model
+    mmada.tracking.lineage    git commit, config hash, data digests, parent version tags
+
+Heavy imports (mlflow) stay inside those modules so ``import mmada.tracking`` is cheap.
+"""
 
 from __future__ import annotations
 
@@ -19,3 +27,15 @@ def default_tracking_uri() -> str:
         return uri
     DEFAULT_STORE_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Where new experiments keep artifacts: beside a SQLite store (``<db dir>/mlartifacts``).
+
+    Without this MLflow puts them in ``./mlruns`` of whatever directory the process runs in. For
+    a tracking server the server decides (None).
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None

@@ -1,0 +1,247 @@
+"""Training throughput: the Lightning loop (``DiffusionModule`` + ``build_trainer``) against a plain PyTorch
+loop doing the same steps on the same batches, and (on a GPU) model FLOPs utilisation.
+
+    python bench/bench_training.py                        # CPU: tiny and small presets, tokens/s + overhead ratio
+    python bench/bench_training.py --sizes tiny --steps 30 --threads 1
+    python bench/bench_training.py --mfu                  # GPU: the 1b preset in bf16-mixed, MFU of both loops
+
+CPU mode trains on real rows: the built-in arithmetic (lm), shapes (t2i) and shapes VQA (mmu)
+specs are curated into a temp dir (images tokenized with an untrained tiny MAGVIT-v2), and the
+data module's first batches are materialised once, so both loops see identical tensors and only
+the loop differs. ``--mfu`` uses lm rows of random tokens (length ``--seq-len``, no padding), the
+shape that matters for FLOPs. Both loops: masked-diffusion ``unified_loss``, backward, global-norm
+clipping, AdamW, cosine schedule; bf16 autocast on GPU (Lightning ``bf16-mixed``).
+
+MFU = tokens/s · (6·N + 12·L·T·d) / peak, with N the parameters except the input embedding
+(the untied LM head is a real matmul) and the attention term for full (non-causal) attention.
+``--peak-tflops`` defaults to 989 (H100/H200 SXM dense bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmada.diffusion import unified_loss
+from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.tokenization import SpecialTokenIds, load_text_tokenizer
+from mmada.training.config import load_train_config
+from mmada.training.module import DiffusionModule, to_sequence_batches
+from mmada.training.optim import build_optimizer, build_scheduler
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def batch_tokens(batch: dict) -> int:
+    return int(sum(b["attention_mask"].sum() for b in batch.values()))
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def curated_batches(workdir: Path, n: int, num_vq_tokens: int, tokenizer) -> list[dict]:
+    """Materialise ``n`` mixed batches (t2i + lm + mmu) from freshly curated built-in shards."""
+    from mmada.data.curate import curate
+    from mmada.data.loading import ShardDataModule
+    from mmada.data.specs import load_spec
+    from mmada.models.vq import MAGVITv2
+    from mmada.vq.presets import TINY_MODEL
+
+    repo = Path(__file__).resolve().parents[1]
+    torch.manual_seed(0)
+    MAGVITv2(TINY_MODEL).save_pretrained(workdir / "vq")
+    vq = ["vq.enabled=true", f"vq.model={workdir / 'vq'}", "vq.device=cpu"]
+    for name, spec, extra in (("arithmetic", "arithmetic.yaml", ["sources.0.n=300"]),
+                              ("shapes", "shapes.yaml", ["sources.0.n=200", *vq]),
+                              ("shapes_vqa", "shapes_vqa.yaml", ["sources.0.n=60", *vq])):
+        curate(load_spec(str(repo / "data_specs" / spec), extra), out=str(workdir / name))
+    cfg = _config(workdir, "tiny", "cpu", n)
+    dm = ShardDataModule(cfg.data, tokenizer, num_vq_tokens=num_vq_tokens, batches_per_epoch=n)
+    return list(dm.train_dataset())
+
+
+def random_lm_batches(n: int, rows: int, seq_len: int, special: SpecialTokenIds) -> list[dict]:
+    """Full-length text rows of random ordinary tokens (no special ids, no padding)."""
+    g = torch.Generator().manual_seed(0)
+    ids_in_use = [v for v in special.as_dict().values() if isinstance(v, int) and v >= 32]
+    high = min(ids_in_use) if ids_in_use else special.image_offset
+    out = []
+    for _ in range(n):
+        ids = torch.randint(32, high, (rows, seq_len), generator=g)
+        ids[:, 0] = special.bos
+        ones = torch.ones_like(ids, dtype=torch.bool)
+        out.append({"lm": {"input_ids": ids, "attention_mask": ones, "prompt_mask": ~ones, "image_mask": ~ones,
+                           "keys": [""] * rows}})
+    return out
+
+
+def _config(workdir: Path, preset: str, accelerator: str, steps: int, overrides: dict | None = None):
+    streams = {"t2i": {"manifests": [str(workdir / "shapes")], "batch_size": 4, "max_text_len": 32},
+               "lm": {"manifests": [str(workdir / "arithmetic")], "batch_size": 4, "max_text_len": 256},
+               "mmu": {"manifests": [str(workdir / "shapes_vqa")], "batch_size": 4, "max_text_len": 192}}
+    return load_train_config({
+        "name": "bench", "stage": "pretrain", "seed": 0, "output_dir": str(workdir / "out"),
+        "model": {"preset": preset, "overrides": overrides or {}},
+        "data": {"streams": streams, "shuffle_buffer": 50, "cond_dropout_prob": 0.0},
+        "optim": {"lr": 3e-4, "warmup_steps": 2},
+        "trainer": {"accelerator": "gpu" if accelerator == "cuda" else "cpu", "max_steps": steps,
+                    "log_every_n_steps": 1, "precision": "bf16-mixed" if accelerator == "cuda" else "32-true"},
+    })
+
+
+# ------------------------------------------------------------------------------------------------ loops
+
+
+def plain_loop(cfg, model_config, special, batches, device: str, warmup: int) -> float:
+    """Seconds per step of a hand-written loop (after ``warmup`` steps)."""
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        model = MMaDAModelLM(model_config).train()
+    opt = build_optimizer(model, cfg.optim)
+    sched = build_scheduler(opt, cfg.optim, max_steps=len(batches))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu",
+                                                                                                     enabled=False)
+    t0 = None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        b = {t: {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in x.items()}
+             for t, x in batch.items()}
+        with autocast:
+            res = unified_loss(model, to_sequence_batches(b), mask_id=special.mask, coeffs=cfg.coeffs)
+        res.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        res.loss.item()  # what a loop that prints its loss pays
+    sync(device)
+    return (time.perf_counter() - t0) / (len(batches) - warmup)
+
+
+class _Timer:
+    def __init__(self, warmup: int, device: str):
+        self.warmup, self.device, self.t0, self.t1 = warmup, device, None, None
+
+    def on_train_batch_start(self, trainer, module, batch, idx):
+        if idx == self.warmup:
+            sync(self.device)
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        sync(self.device)
+        self.t1 = time.perf_counter()
+
+
+def lightning_loop(cfg, model_config, special, batches, device: str, warmup: int) -> float:
+    import lightning as L
+
+    from mmada.training.callbacks import SpeedMonitor
+    from mmada.training.trainer import build_trainer
+
+    class Timer(_Timer, L.Callback):
+        pass
+
+    timer = Timer(warmup, device)
+    module = DiffusionModule(cfg, model_config=model_config, special=special)
+    trainer = build_trainer(cfg, callbacks=[timer, SpeedMonitor()], enable_checkpointing=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, pin_memory=device == "cuda")
+    trainer.fit(module, train_dataloaders=loader)
+    return (timer.t1 - timer.t0) / (len(batches) - warmup)
+
+
+def flops_per_token(config: MMaDAConfig, seq_len: int) -> float:
+    d, f, L = config.d_model, config.mlp_hidden_size, config.n_layers
+    kv = config.n_kv_heads * config.head_dim
+    block = 2 * d * d + 2 * d * kv + 3 * d * f
+    non_embedding = L * block + config.embedding_size * d  # blocks + LM head (input embedding excluded)
+    return 6 * non_embedding + 12 * L * seq_len * d
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["tiny", "small"])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--repeats", type=int, default=2, help="CPU: alternate plain/Lightning runs this many times")
+    p.add_argument("--mfu", action="store_true", help="GPU: MFU of --preset in bf16-mixed")
+    p.add_argument("--preset", default="1b")
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # `--mfu --device cpu`: smoke test only
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.mfu:
+            run_mfu(args, work)
+            return
+        tok = load_text_tokenizer("builtin")
+        print(f"# CPU, {torch.get_num_threads()} threads; {args.steps} steps ({args.warmup} warm-up) per loop; "
+              f"best of {args.repeats} alternating runs")
+        batches = curated_batches(work, args.steps, 64, tok)
+        special = SpecialTokenIds.from_tokenizer(tok)
+        print(f"{'preset':8} {'params':>8} {'tokens/step':>11} {'plain s/step':>12} {'lightning s/step':>16} "
+              f"{'tokens/s (L)':>12} {'overhead':>8}")
+        for size in args.sizes:
+            cfg = _config(work, size, "cpu", args.steps)
+            mc = MMaDAConfig.from_preset(size)
+            tokens = sum(batch_tokens(b) for b in batches[args.warmup:]) / (args.steps - args.warmup)
+            plain, light = math.inf, math.inf
+            for _ in range(args.repeats):  # alternate the loops; keep each one's best (least disturbed) run
+                plain = min(plain, plain_loop(cfg, mc, special, batches, "cpu", args.warmup))
+                light = min(light, lightning_loop(cfg, mc, special, batches, "cpu", args.warmup))
+            print(f"{size:8} {mc.num_parameters_estimate() / 1e6:7.1f}M {tokens:11.0f} {plain:12.3f} {light:16.3f} "
+                  f"{tokens / light:12.0f} {light / plain:8.3f}")
+
+
+def run_mfu(args, work: Path) -> None:
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--mfu needs a CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    mc = MMaDAConfig.from_preset(args.preset)
+    special = (SpecialTokenIds.official() if mc.llm_vocab_size == 126464
+               else SpecialTokenIds.from_tokenizer(load_text_tokenizer("builtin")))
+    batches = random_lm_batches(args.steps, args.rows, args.seq_len, special)
+    cfg = _config(work, args.preset, device, args.steps)
+    fpt = flops_per_token(mc, args.seq_len)
+    tokens = args.rows * args.seq_len
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"# {name}; preset {args.preset} ({mc.num_parameters_estimate() / 1e9:.2f}B params); {args.rows}×{args.seq_len} "
+          f"tokens/step; {fpt / 1e9:.2f} GFLOP/token; peak {args.peak_tflops} TFLOP/s; {args.steps} steps "
+          f"({args.warmup} warm-up)")
+    results = {}
+    for label, loop in (("plain", plain_loop), ("lightning", lightning_loop)):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        dt = results[label] = loop(cfg, mc, special, batches, device, args.warmup)
+        mfu = tokens / dt * fpt / (args.peak_tflops * 1e12)
+        mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+        print(f"{label:10} {dt * 1e3:8.1f} ms/step  {tokens / dt:10.0f} tokens/s  MFU {100 * mfu:5.1f}%  "
+              f"peak mem {mem:.1f} GiB", flush=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"lightning/plain time per step: {results['lightning'] / results['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

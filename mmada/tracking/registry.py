@@ -1,0 +1,121 @@
+"""The model registry: export → registered version with a stage alias, and ``models:/`` → a local dir.
+
+One registered model per size (``mmada-tiny``, ``mmada-8b``); every finished stage adds a version
+whose artifacts are an HF ``save_pretrained`` directory (safetensors + config + tokenizer files),
+logged under the run as ``hf/``. The stage alias (``pretrain``, ``sft``, later ``grpo``) moves to the
+new version; lineage tags say where it came from (:mod:`mmada.tracking.lineage`).
+
+    version = register_export(tracker, "runs/train/x/export", "mmada-tiny", alias="pretrain", tags=...)
+    path, info = resolve_model("models:/mmada-tiny@pretrain", cache_dir="runs/train/y/init")
+    model = MMaDAModelLM.from_pretrained(path)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mmada.errors import ConfigError
+from mmada.tracking.client import Tracker
+
+EXPORT_ARTIFACT_PATH = "hf"
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alias: str | None,
+                    tags: dict[str, str] | None = None) -> str | None:
+    """Log ``export_dir`` as the run's ``hf/`` artifacts and register it; returns the version (or None)."""
+    if not tracker.online:
+        return None
+    if not tracker.log_artifacts(export_dir, EXPORT_ARTIFACT_PATH):
+        return None
+    client = tracker.client
+
+    def ensure_model() -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            try:
+                client.create_registered_model(name, description="MMaDA unified diffusion model (HF format)")
+            except MlflowException:  # registered concurrently
+                client.get_registered_model(name)
+
+    ok, _ = tracker.try_call(f"create registered model {name!r}", ensure_model)
+    if not ok:
+        return None
+    mv = tracker.call("create_model_version", client.create_model_version, name,
+                      f"runs:/{tracker.run_id}/{EXPORT_ARTIFACT_PATH}", run_id=tracker.run_id,
+                      tags={k: str(v) for k, v in (tags or {}).items()})
+    if mv is None:
+        return None
+    if alias:
+        tracker.call(f"set alias {alias!r}", client.set_registered_model_alias, name, alias, mv.version)
+    tracker.set_tags({"registered_model": f"{name}/{mv.version}"})
+    return str(mv.version)
+
+
+def parse_model_uri(uri: str) -> dict[str, str] | None:
+    m = _MODEL_URI.match(uri)
+    return {k: v for k, v in m.groupdict().items() if v is not None} if m else None
+
+
+def resolve_model(uri: str, *, tracking_uri: str, cache_dir: str | Path,
+                  field: str = "model.init") -> tuple[Path, dict[str, Any] | None]:
+    """``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` → (local HF dir, version info); a path → (path, None).
+
+    Registry versions are downloaded once into ``cache_dir/NAME-vVERSION`` (temp dir + rename, so
+    concurrent ranks never see half a download).
+    """
+    parsed = parse_model_uri(uri)
+    if parsed is None:
+        if uri.startswith("models:/"):
+            raise ConfigError(f"{field}: {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+        path = Path(uri)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{field}: {uri!r} is not a checkpoint directory (no config.json)")
+        return path, None
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    name = parsed["name"]
+    try:
+        if "alias" in parsed:
+            mv = client.get_model_version_by_alias(name, parsed["alias"])
+        else:
+            mv = client.get_model_version(name, parsed["version"])
+    except MlflowException as exc:
+        raise ConfigError(f"{field}: cannot resolve {uri!r} in the registry at {tracking_uri}: {exc.message}") from None
+    info = {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
+            "alias": parsed.get("alias")}
+    target = Path(cache_dir) / f"{name}-v{mv.version}"
+    if (target / "config.json").is_file():
+        return target, info
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        # Download through the version's own source: `models:/` URIs would be resolved against the
+        # process-wide registry URI, not `tracking_uri`.
+        if mv.source.startswith("runs:/"):
+            run_id, _, path = mv.source[len("runs:/"):].partition("/")
+            local = client.download_artifacts(run_id, path, str(tmp))
+        else:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                        tracking_uri=tracking_uri)
+        if not (Path(local) / "config.json").is_file():
+            raise ConfigError(f"{field}: {uri!r} (version {mv.version}) holds no config.json: not an HF export")
+        try:
+            os.replace(local, target)
+        except OSError:  # another rank finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, info

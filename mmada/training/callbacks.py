@@ -1,0 +1,344 @@
+"""Training callbacks: atomic checkpoints, throughput, periodic samples, and the MLflow run.
+
+    AtomicModelCheckpoint  every N steps + ``last``; each save goes to a hidden partial name and is
+                           renamed into place only when complete, so ``last.ckpt`` is never torn
+    SpeedMonitor           ``perf/tokens_per_s`` (all ranks) and ``perf/step_time_s``
+    SampleCallback         text answers + a grid of generated images, as MLflow artifacts
+    TrackingCallback       starts/attaches the MLflow run on rank 0 (params, lineage tags, dataset
+                           inputs), shares its id with every rank, runs system metrics per node
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from PIL import Image
+
+from mmada.tracking.client import Tracker
+
+log = logging.getLogger("mmada.training")
+PARTIAL_PREFIX = ".partial-"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _replace(src: str, dst: str) -> None:
+    """Move a finished checkpoint (file or sharded directory) to its final name."""
+    if os.path.isdir(src):
+        old = os.path.join(os.path.dirname(dst), f"{PARTIAL_PREFIX}old-{os.path.basename(dst)}")
+        if os.path.lexists(dst):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)  # a kill between these renames leaves `old` (complete) for resume
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose saves (single files and FSDP sharded directories) are atomic."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        partial = os.path.join(os.path.dirname(filepath), PARTIAL_PREFIX + os.path.basename(filepath))
+        if trainer.is_global_zero and os.path.lexists(partial):
+            (shutil.rmtree if os.path.isdir(partial) else os.remove)(partial)
+        trainer.strategy.barrier("checkpoint-start")
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        trainer.strategy.barrier("checkpoint-written")
+        if trainer.is_global_zero:
+            _replace(partial, filepath)
+        trainer.strategy.barrier("checkpoint-renamed")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save ``last`` at the final step too, so a finished run resumes as finished."""
+        if self._last_global_step_saved != trainer.global_step and self.save_last:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def clean_partials(directory: Path) -> list[str]:
+    """Remove leftovers of interrupted saves; returns their names."""
+    removed = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith(PARTIAL_PREFIX) and not p.name.startswith(f"{PARTIAL_PREFIX}old-"):
+                (shutil.rmtree if p.is_dir() else os.remove)(p)
+                removed.append(p.name)
+    return removed
+
+
+def find_resume_checkpoint(directory: Path) -> Path | None:
+    """``last.ckpt`` (or, if a directory swap was interrupted, its complete previous copy)."""
+    last = directory / "last.ckpt"
+    if last.exists():
+        return last
+    old = directory / f"{PARTIAL_PREFIX}old-last.ckpt"
+    if old.exists():
+        return old
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+
+
+class SpeedMonitor(Callback):
+    """Tokens per second over each logging window, summed over ranks (equal batches per rank)."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._tokens = 0
+        self._steps = 0
+        self.history: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens += getattr(pl_module, "last_batch_tokens", 0)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        self._steps += 1
+        if self._steps % trainer.log_every_n_steps == 0 and self._t0 is not None:
+            dt = time.perf_counter() - self._t0
+            rate = self._tokens * trainer.world_size / max(dt, 1e-9)
+            self.history.append(rate)
+            pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
+            pl_module.log("perf/step_time_s", dt / trainer.log_every_n_steps, rank_zero_only=True)
+            self._t0, self._tokens = time.perf_counter(), 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+
+
+def image_grid(images: list[Image.Image], cols: int = 4, pad: int = 2) -> Image.Image:
+    w, h = images[0].size
+    rows = math.ceil(len(images) / cols)
+    cols = min(cols, len(images))
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        grid.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return grid
+
+
+def codes_image(codes: np.ndarray, codebook_size: int, scale: int = 4) -> Image.Image:
+    """A code grid as a picture (when no image tokenizer is configured to decode it)."""
+    side = math.isqrt(len(codes))
+    grey = (codes[: side * side].reshape(side, side).astype(np.float64) * 255.0 / max(1, codebook_size - 1))
+    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB").resize((side * scale, side * scale),
+                                                                             Image.NEAREST)
+
+
+class SampleCallback(Callback):
+    """Generate from the model every ``samples.every_n_steps`` (and at the end); log to MLflow.
+
+    Under FSDP every rank takes part in the forward passes; rank 0 writes and logs the files.
+    """
+
+    def __init__(self, tracker: Tracker | None, tokenizer, out_dir: Path) -> None:
+        self.tracker = tracker
+        self.tokenizer = tokenizer
+        self.out_dir = out_dir
+        self._done_at: int | None = None
+
+    def _should_run(self, trainer) -> bool:
+        from mmada.training import parallelize
+
+        return trainer.is_global_zero or parallelize.is_sharded(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = pl_module.cfg.samples.every_n_steps
+        step = trainer.global_step
+        if n and step and step % n == 0 and self._done_at != step:
+            self.generate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._done_at != trainer.global_step:
+            self.generate(trainer, pl_module)
+
+    @torch.no_grad()
+    def generate(self, trainer, pl_module) -> Path | None:
+        from mmada.inference import LoadedModel, generate_answers, generate_image_codes
+        from mmada.tokenization import SequenceBuilder
+
+        spec = pl_module.cfg.samples
+        self._done_at = trainer.global_step
+        if not (spec.prompts or spec.captions) or not self._should_run(trainer):
+            return None
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            lm = LoadedModel(pl_module.sampler_view(), self.tokenizer,
+                             SequenceBuilder(self.tokenizer, pl_module.special))
+            answers = images = None
+            if spec.prompts:
+                answers = generate_answers(lm, spec.prompts, steps=spec.steps, gen_length=spec.gen_length,
+                                           block_length=spec.block_length, think=spec.think,
+                                           seed=pl_module.cfg.seed)
+            if spec.captions:
+                codes = generate_image_codes(lm, spec.captions, steps=spec.image_steps,
+                                             guidance_scale=spec.guidance_scale, seed=pl_module.cfg.seed,
+                                             max_text_len=pl_module.cfg.data.streams["t2i"].max_text_len
+                                             if "t2i" in pl_module.cfg.data.streams else 32)
+                images = self._render(pl_module, codes)
+        finally:
+            pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return None
+        out = self.out_dir / "samples" / f"step_{trainer.global_step:08d}"
+        out.mkdir(parents=True, exist_ok=True)
+        if answers is not None:
+            (out / "answers.json").write_text(json.dumps(
+                [{"prompt": p, "answer": a} for p, a in zip(spec.prompts, answers)], indent=1))
+        if images is not None:
+            image_grid(images).save(out / "t2i_grid.png")
+            (out / "captions.json").write_text(json.dumps(spec.captions))
+        if self.tracker is not None:
+            self.tracker.log_artifacts(out, f"samples/{out.name}")
+        return out
+
+    def _render(self, pl_module, codes: torch.Tensor) -> list[Image.Image]:
+        cfg = pl_module.model_config
+        if pl_module.cfg.data.image_tokenizer is not None:
+            from mmada.models.vq import tensor_to_images
+
+            vq = pl_module.image_tokenizer()
+            return tensor_to_images(vq.decode(codes.to(vq.device)).cpu())
+        return [codes_image(c, cfg.codebook_size) for c in codes.cpu().numpy()]
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow run
+
+
+class TrackingCallback(Callback):
+    """Rank 0 starts (or re-attaches to) the MLflow run; every rank learns its id.
+
+    Run id precedence: ``$MLFLOW_RUN_ID`` (a launcher created the run), the run recorded in
+    ``<output_dir>/mlflow_run.json`` when resuming, else a new run. Logs the full config as
+    params, lineage tags and the shard manifests as dataset inputs; local rank 0 of every node
+    samples system metrics into the same run (node id ``node<k>``).
+    """
+
+    def __init__(self, tracker: Tracker, cfg, *, resuming: bool, tags: dict[str, str],
+                 inputs: list[dict[str, Any]]) -> None:
+        self.tracker = tracker
+        self.cfg = cfg
+        self.resuming = resuming
+        self.tags = tags
+        self.inputs = inputs
+        self.run_id: str | None = None
+        self._monitor = None
+
+    @property
+    def run_file(self) -> Path:
+        return self.cfg.out_dir / "mlflow_run.json"
+
+    def _start_run(self) -> str | None:
+        from mmada.tracking import artifact_root_for
+
+        t = self.tracker
+        env_run = os.environ.get("MLFLOW_RUN_ID")
+        if env_run:
+            return t.attach(env_run)
+        if self.resuming and self.run_file.is_file():
+            rec = json.loads(self.run_file.read_text())
+            if rec.get("tracking_uri") == t.tracking_uri and t.attach(rec["run_id"]):
+                t.set_tags({"resumed": "true"})
+                return t.run_id
+        return t.start_run(self.cfg.experiment, run_name=self.cfg.tracking.run_name or self.cfg.name,
+                           tags=self.tags, artifact_location=artifact_root_for(t.tracking_uri))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        run_id = None
+        if trainer.is_global_zero:
+            run_id = self._start_run()
+            if run_id is not None:
+                self.run_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.run_file.with_suffix(".partial")
+                tmp.write_text(json.dumps({"run_id": run_id, "tracking_uri": self.tracker.tracking_uri}))
+                tmp.replace(self.run_file)
+                self.tracker.log_params(self.cfg.flat())
+                self.tracker.set_tags({**self.tags, "world_size": str(trainer.world_size),
+                                       "num_nodes": str(trainer.num_nodes)})
+                self._log_inputs()
+        self.run_id = trainer.strategy.broadcast(run_id, src=0)
+        if self.run_id and trainer.local_rank == 0:  # one process per node joins the run
+            node = self.tracker
+            if not trainer.is_global_zero:
+                node = Tracker(self.tracker.tracking_uri, max_retries=self.cfg.tracking.max_retries)
+                node.run_id = self.run_id
+            node.set_tags({f"node{trainer.node_rank}.host": socket.gethostname()})
+            if self.cfg.tracking.log_system_metrics:
+                self._start_system_metrics(trainer.node_rank)
+
+    def _log_inputs(self) -> None:
+        """Each shard manifest as an MLflow dataset input (one row per shard; digest = manifest sha256)."""
+        try:
+            import mlflow.data
+            import pandas as pd
+            from mlflow.entities import DatasetInput, InputTag
+        except ImportError:  # pandas is optional for mlflow
+            return
+        datasets = []
+        with warnings.catch_warnings():  # MLflow's schema/source inference hints are noise here
+            warnings.simplefilter("ignore", UserWarning)
+            for d in self.inputs:
+                df = pd.DataFrame([{k: s[k] for k in ("name", "split", "count", "bytes", "sha256")}
+                                   for s in d["shards"]])
+                ds = mlflow.data.from_pandas(df, source=d["root"], name=f"{d['task']}:{d['name']}",
+                                             digest=d["digest"][:16])
+                tags = [InputTag("mlflow.data.context", "training"), InputTag("task", d["task"]),
+                        InputTag("kind", d["kind"])]
+                datasets.append(DatasetInput(ds._to_mlflow_entity(), tags=tags))
+        if datasets:
+            self.tracker.call("log_inputs", self.tracker.client.log_inputs, self.tracker.run_id, datasets=datasets)
+
+    def _start_system_metrics(self, node_rank: int) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=self.cfg.tracking.system_metrics_interval,
+                node_id=f"node{node_rank}", tracking_uri=self.tracker.tracking_uri, resume_logging=self.resuming,
+            )
+            self._monitor.start()
+        except Exception as exc:  # system metrics are best effort (psutil missing, server down …)
+            log.warning("system metrics disabled: %s: %s", type(exc).__name__, exc)
+            self._monitor = None
+
+    def stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception as exc:
+                log.warning("system metrics did not stop cleanly: %s", exc)
+            self._monitor = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.stop_system_metrics()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.stop_system_metrics()

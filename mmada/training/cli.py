@@ -1,0 +1,43 @@
+"""``mmada train CONFIG [--set key=value …]``: run a training stage (the function flows and DVC call).
+
+    mmada train configs/train/tiny_pretrain.yaml
+    mmada train configs/train/tiny_sft.yaml --set model.init=models:/mmada-tiny@pretrain
+    torchrun --nnodes 2 --nproc-per-node 8 … -m mmada train configs/train/8b_sft.yaml   # see configs/cluster/
+
+Config errors exit with status 2 and name the field (``error: …: optim.lr: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mmada.training.config import load_train_config
+
+    cfg = load_train_config(args.config, args.set)
+    if args.print_config:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=1))
+        return 0
+    from mmada.training.run import train
+
+    result = train(cfg, progress_bar=sys.stderr.isatty())
+    summary = {"global_step": result.global_step, "run_id": result.run_id,
+               "export_dir": str(result.export_dir) if result.export_dir else None,
+               "registered_model": result.registered_model, "model_version": result.model_version,
+               "metrics": result.metrics}
+    if result.export_dir is not None:  # only rank 0 reports
+        print(json.dumps(summary))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="run a training stage (pretrain / sft) from a config",
+                              description="Run a training stage (pretrain / sft) from a typed config.")
+    p.add_argument("config", help="training config YAML (configs/train/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=3e-4 --set trainer.devices=8")
+    p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    p.set_defaults(func=_train)
