@@ -4,8 +4,8 @@ and under DDP with two processes. Real curated shards, Lightning, and an MLflow 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,8 +85,7 @@ def test_grpo_under_ddp_with_two_processes(data, sft_parent, tmp_path):
     cfg["trainer"].update(devices=2, strategy="ddp", accelerator="cpu")
     path = tmp_path / "grpo_ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    mmada = shutil.which("mmada") or str(Path(REPO, ".venv/bin/mmada"))
-    done = subprocess.run([mmada, "train", str(path)], cwd=REPO, capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-m", "mmada", "train", str(path)], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env=subprocess_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     traces = [json.loads((tmp_path / "ddp" / "data_trace" / f"rank{r}.json").read_text()) for r in (0, 1)]
