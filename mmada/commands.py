@@ -1,9 +1,16 @@
-"""Core subcommands: ``demo``, ``generate`` (text/MMU-free chat) and ``t2i`` (image tokens)."""
+"""Core subcommands: ``demo``, ``generate`` (text/MMU-free chat) and ``t2i`` (image tokens).
+
+    mmada generate CKPT --prompt "What is 2+3?" --gen-length 256 --steps 256 --cache prefix --threshold 0.9
+    mmada t2i CKPT --prompt "a red circle" --guidance-scale 2 --cache prefix
+
+The settings used are printed to stderr (``sampler: …``) so logs say how an output was sampled.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -17,11 +24,15 @@ def _generate(args: argparse.Namespace) -> int:
     from mmada.inference import generate_answers, load_checkpoint
 
     lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-    answers = generate_answers(
-        lm, args.prompt, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
-        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking, think=args.think,
-        chat=not args.raw, seed=args.seed,
+    from mmada.diffusion.settings import SamplerSettings
+
+    settings = SamplerSettings.make(
+        steps=args.steps, gen_length=args.gen_length, block_length=args.block_length, temperature=args.temperature,
+        cfg_scale=args.cfg_scale, remasking=args.remasking, seed=args.seed, cache=args.cache,
+        prompt_cache=args.prompt_cache, threshold=args.threshold, factor=args.factor, stop_at_eos=args.stop_at_eos,
     )
+    print(f"sampler: {settings.describe()}", file=sys.stderr)
+    answers = generate_answers(lm, args.prompt, think=args.think, chat=not args.raw, **settings.model_dump())
     if args.json:
         print(json.dumps([{"prompt": p, "answer": a} for p, a in zip(args.prompt, answers)], indent=1))
     else:
@@ -34,10 +45,12 @@ def _t2i(args: argparse.Namespace) -> int:
     from mmada.inference import generate_image_codes, load_checkpoint
 
     lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-    codes = generate_image_codes(
-        lm, args.prompt, steps=args.steps, guidance_scale=args.guidance_scale, temperature=args.temperature,
-        max_text_len=args.max_text_len, seed=args.seed,
-    )
+    from mmada.diffusion.settings import ImageSamplerSettings
+
+    settings = ImageSamplerSettings.make(steps=args.steps, guidance_scale=args.guidance_scale,
+                                         temperature=args.temperature, seed=args.seed, cache=args.cache)
+    print(f"sampler: {settings.describe()}", file=sys.stderr)
+    codes = generate_image_codes(lm, args.prompt, max_text_len=args.max_text_len, **settings.model_dump())
     print(json.dumps([{"prompt": p, "codes": c} for p, c in zip(args.prompt, codes.tolist())]))
     return 0
 
@@ -67,6 +80,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    fast = p.add_argument_group("fast sampling (Fast-dLLM; defaults = the plain sampler)")
+    fast.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
+                      help="block-wise KV cache: prefix (cache before the block) or dual (also the masked suffix)")
+    fast.add_argument("--prompt-cache", default="per_block", choices=["per_block", "once"],
+                      help="once: never refresh the prompt's K/V (needs --cache)")
+    fast.add_argument("--threshold", type=float, default=None,
+                      help="parallel decoding: commit every token with confidence > THRESHOLD (e.g. 0.9)")
+    fast.add_argument("--factor", type=float, default=None,
+                      help="factor-based parallel decoding: commit the n best while (n+1)(1-conf_n) < FACTOR")
+    fast.add_argument("--stop-at-eos", action="store_true",
+                      help="stop a row once a block ends with <eos> (rest filled with <eos>)")
     p.add_argument("--think", action="store_true", help="add the <think> instruction to the prompt")
     p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text")
     p.add_argument("--json", action="store_true")
@@ -78,4 +102,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-text-len", type=int, default=32)
+    p.add_argument("--cache", default="none", choices=["none", "prefix"],
+                   help="prefix: encode the caption once and reuse its K/V for every step")
     p.set_defaults(func=_t2i)

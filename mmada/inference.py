@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from mmada.diffusion.sampling import generate_image, generate_text
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.models import MMaDAModelLM
 from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, load_text_tokenizer
@@ -66,9 +67,20 @@ def load_checkpoint(
 def generate_answers(
     lm: LoadedModel, prompts: list[str], *, steps: int = 64, gen_length: int = 64, block_length: int = 32,
     temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence", think: bool = False,
-    chat: bool = True, seed: int = 0,
+    chat: bool = True, seed: int = 0, cache: str = "none", prompt_cache: str = "per_block",
+    threshold: float | None = None, factor: float | None = None, stop_at_eos: bool = False,
 ) -> list[str]:
-    """Chat-formatted (or raw, ``chat=False``) prompts → decoded answers, batched with left padding."""
+    """Chat-formatted (or raw, ``chat=False``) prompts → decoded answers, batched with left padding.
+
+    The sampler keywords are the fields of :class:`~mmada.diffusion.settings.SamplerSettings`
+    (``generate_answers(lm, prompts, **settings.model_dump())``); ``cache``/``threshold``/``factor``/
+    ``stop_at_eos`` select Fast-dLLM-style fast sampling (EOS = the tokenizer's ``<eos>``).
+    """
+    settings = SamplerSettings.make(
+        steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature, cfg_scale=cfg_scale,
+        remasking=remasking, seed=seed, cache=cache, prompt_cache=prompt_cache, threshold=threshold, factor=factor,
+        stop_at_eos=stop_at_eos,
+    )
     if chat:
         batch = lm.builder.chat(prompts, think=think)
         ids, attn = batch.input_ids, batch.attention_mask
@@ -76,28 +88,32 @@ def generate_answers(
         from mmada.tokenization import left_pad
 
         ids, attn = left_pad([[lm.builder.special.bos, *lm.builder.encode(p)] for p in prompts], lm.builder.special.eos)
-    gen = torch.Generator(device=lm.device).manual_seed(seed)
     out = generate_text(
-        lm.model, ids.to(lm.device), attention_mask=attn.to(lm.device), steps=steps, gen_length=gen_length,
-        block_length=block_length, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
-        mask_id=lm.builder.special.mask, generator=gen,
+        lm.model, ids.to(lm.device), attention_mask=attn.to(lm.device), mask_id=lm.builder.special.mask,
+        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device), **settings.sampler_kwargs(),
     )
     return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
 def generate_image_codes(
     lm: LoadedModel, captions: list[str], *, steps: int = 12, guidance_scale: float = 0.0,
-    temperature: float = 1.0, max_text_len: int = 32, seed: int = 0,
+    temperature: float = 1.0, max_text_len: int = 32, seed: int = 0, schedule: str = "cosine",
+    temperature_decay: str = "cumulative", cache: str = "none",
 ) -> torch.Tensor:
-    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding."""
+    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding.
+
+    Sampler keywords = the fields of :class:`~mmada.diffusion.settings.ImageSamplerSettings`;
+    ``cache="prefix"`` encodes the caption once for all steps.
+    """
+    settings = ImageSamplerSettings.make(steps=steps, guidance_scale=guidance_scale, temperature=temperature,
+                                         seed=seed, schedule=schedule, temperature_decay=temperature_decay, cache=cache)
     cfg = lm.model.config
     cond = lm.builder.t2i(captions, num_image_tokens=cfg.num_vq_tokens, max_text_len=max_text_len).to(lm.device)
     uncond = lm.builder.t2i([""] * len(captions), num_image_tokens=cfg.num_vq_tokens,
                             max_text_len=max_text_len).to(lm.device)
-    gen = torch.Generator(device=lm.device).manual_seed(seed)
     return generate_image(
         lm.model, cond.input_ids, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
         uncond_attention_mask=uncond.attention_mask, codebook_size=cfg.codebook_size,
-        image_offset=lm.builder.special.image_offset, num_image_tokens=cfg.num_vq_tokens, steps=steps,
-        guidance_scale=guidance_scale, temperature=temperature, mask_id=lm.builder.special.mask, generator=gen,
+        image_offset=lm.builder.special.image_offset, num_image_tokens=cfg.num_vq_tokens,
+        mask_id=lm.builder.special.mask, generator=settings.generator(lm.device), **settings.sampler_kwargs(),
     )

@@ -15,16 +15,43 @@ confidence noise annealed by ``temperature · Π(1 − step/T)`` (the reference'
 
 Multimodal understanding is ``generate_text`` on a prompt that starts with the image prefix
 (``SequenceBuilder.mmu``).
+
+Fast sampling (Fast-dLLM, shared/reference/anchors.md §2), all off by default so the defaults are
+the plain samplers above, token for token:
+
+* ``cache="prefix"|"dual"`` — block-wise approximate KV cache (``mmada.diffusion.cache``);
+  ``prompt_cache="once"`` never refreshes the prompt's K/V (the MMU image prefix is encoded once).
+  Images: ``cache="prefix"`` encodes the text prompt once for all MaskGIT steps.
+* ``threshold=τ`` / ``factor=f`` — confidence-aware parallel decoding
+  (``mmada.diffusion.parallel``): a step commits every token the rule accepts, at least one and at
+  least the fixed schedule's count, and a block ends as soon as it has no masks left.
+* ``stop_at_eos=True`` — a row whose just-finished block ends with ``eos_id`` (default
+  ``model.config.eos_token_id``) is complete: its remaining positions become EOS (the fill the
+  model is trained to produce) and are never decoded; sampling stops when every row is complete
+  (the official ``mmu_generate_fast`` rule, applied per row so batching does not change a row).
+
+A typed bundle of these options for configs and reports: ``mmada.diffusion.settings``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
+from mmada.diffusion.cache import (
+    CACHE_MODES,
+    IMAGE_CACHE_MODES,
+    PROMPT_CACHE_MODES,
+    BlockLogits,
+    CacheMode,
+    ImageLogits,
+    PromptCache,
+)
 from mmada.diffusion.masking import get_schedule
+from mmada.diffusion.parallel import confident_counts, num_transfer_tokens
 from mmada.errors import SamplerError
 
 StepCallback = Callable[[dict], None]
@@ -43,15 +70,6 @@ def add_gumbel_noise(
     logits = logits.to(torch.float64)
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     return logits.exp() / (-torch.log(u)) ** temperature
-
-
-def num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
-    """Tokens to unmask at each of ``steps`` steps, per row: (B, steps), summing to the mask count."""
-    n = mask_index.sum(dim=1, keepdim=True)  # (B, 1)
-    base, rem = n // steps, n % steps
-    out = base.expand(-1, steps).clone()
-    out += (torch.arange(steps, device=mask_index.device)[None] < rem).long()
-    return out
 
 
 def _check_text_args(prompt_ids, steps, gen_length, block_length, mask_id, remasking, attention_mask):
@@ -79,6 +97,37 @@ def _check_text_args(prompt_ids, steps, gen_length, block_length, mask_id, remas
     return num_blocks
 
 
+def _check_fast_args(cache, threshold, factor, remasking, prompt_cache, stop_at_eos) -> None:
+    if cache not in CACHE_MODES:
+        raise SamplerError(f"cache={cache!r}; expected one of {CACHE_MODES}")
+    if prompt_cache not in PROMPT_CACHE_MODES:
+        raise SamplerError(f"prompt_cache={prompt_cache!r}; expected one of {PROMPT_CACHE_MODES}")
+    if prompt_cache == "once" and cache == "none":
+        raise SamplerError("prompt_cache='once' needs cache='prefix' or 'dual'")
+    if threshold is not None and factor is not None:
+        raise SamplerError(f"threshold={threshold} and factor={factor}: choose one parallel-decoding rule")
+    if threshold is not None and not (isinstance(threshold, int | float) and threshold > 0):
+        raise SamplerError(f"threshold={threshold!r} must be a positive number (a confidence, e.g. 0.9)")
+    if factor is not None and not (isinstance(factor, int | float) and factor > 0):
+        raise SamplerError(f"factor={factor!r} must be a positive number (e.g. 1.0)")
+    if (threshold is not None or factor is not None) and remasking != "low_confidence":
+        raise SamplerError(f"threshold/factor decoding ranks by model confidence; remasking={remasking!r} "
+                           "must be 'low_confidence'")
+    if not isinstance(stop_at_eos, bool):
+        raise SamplerError(f"stop_at_eos={stop_at_eos!r} must be True or False")
+
+
+def _eos_id(model, eos_id: int | None) -> int:
+    if eos_id is not None:
+        return int(eos_id)
+    eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if isinstance(eos, list | tuple):
+        eos = eos[0] if eos else None
+    if eos is None:
+        raise SamplerError("stop_at_eos needs eos_id: not given and the model config has no eos_token_id")
+    return int(eos)
+
+
 def _mask_id(model, mask_id: int | None) -> int:
     if mask_id is not None:
         return int(mask_id)
@@ -103,14 +152,28 @@ def generate_text(
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     on_step: StepCallback | None = None,
+    cache: CacheMode = "none",
+    threshold: float | None = None,
+    factor: float | None = None,
+    stop_at_eos: bool = False,
+    eos_id: int | None = None,
+    prompt_cache: PromptCache = "per_block",
 ) -> torch.Tensor:
     """Generate ``gen_length`` tokens after ``prompt_ids`` (B, P); returns (B, P + gen_length).
 
     Batches are left-padded: pass the (B, P) ``attention_mask`` (False on padding). ``on_step``
-    receives ``{"block", "step", "x", "transfer"}`` after every step (x is a copy).
+    receives ``{"block", "step", "x", "transfer", "forwards", "tokens"}`` after every step (x is a
+    copy; forwards/tokens count the model work so far).
+
+    Fast sampling (module docstring): ``cache`` ``"none"|"prefix"|"dual"``, ``prompt_cache``
+    ``"per_block"|"once"``, ``threshold`` or ``factor`` for parallel decoding, ``stop_at_eos`` with
+    ``eos_id`` (default ``model.config.eos_token_id``). Defaults give the plain sampler.
     """
     mask_id = _mask_id(model, mask_id)
     num_blocks = _check_text_args(prompt_ids, steps, gen_length, block_length, mask_id, remasking, attention_mask)
+    _check_fast_args(cache, threshold, factor, remasking, prompt_cache, stop_at_eos)
+    eos = _eos_id(model, eos_id) if stop_at_eos else None
+    dynamic = threshold is not None or factor is not None
     steps_per_block = steps // num_blocks
     B, P = prompt_ids.shape
     dev = prompt_ids.device
@@ -121,37 +184,52 @@ def generate_text(
         attn = torch.cat([attention_mask.bool(), torch.ones((B, gen_length), dtype=torch.bool, device=dev)], 1)
     prompt_index = torch.zeros_like(x, dtype=torch.bool)
     prompt_index[:, :P] = True
+    if cfg_scale > 0 and attn is not None:
+        attn = attn.repeat(2, 1)  # cond rows, then unconditional rows
+    block_logits = BlockLogits(model, cache, attn, P, prompt_cache)
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
         k_per_step = num_transfer_tokens(x[:, s:e] == mask_id, steps_per_block)  # (B, steps_per_block)
         for i in range(steps_per_block):
+            masked = x[:, s:e] == mask_id  # (B, block)
+            # The plain sampler always runs every step (same random stream as the reference).
+            if (dynamic or stop_at_eos) and not bool(masked.any()):
+                break
             if cfg_scale > 0:
                 un_x = x.clone()
                 un_x[prompt_index] = mask_id
-                both = model(torch.cat([x, un_x]), attention_mask=None if attn is None else attn.repeat(2, 1)).logits
-                cond, un = both.chunk(2)
-                logits = un + (cfg_scale + 1) * (cond - un)
+                cond, un = block_logits(torch.cat([x, un_x]), s, e, refresh=i == 0).chunk(2)
+                blk = un + (cfg_scale + 1) * (cond - un)
             else:
-                logits = model(x, attention_mask=attn).logits
+                blk = block_logits(x, s, e, refresh=i == 0)
             # Only the current block can be committed: positions after it get confidence −inf and
             # positions before it are already decoded, so the work is restricted to the block.
-            blk = logits[:, s:e]  # (B, block, V)
+            # blk: (B, block, V)
             x0 = add_gumbel_noise(blk, temperature, generator).argmax(dim=-1)  # (B, block)
             if remasking == "low_confidence":
                 p = torch.softmax(blk.to(torch.float64), dim=-1)
                 conf = torch.gather(p, -1, x0[..., None]).squeeze(-1)
             else:
                 conf = torch.rand(x0.shape, generator=generator, device=dev, dtype=torch.float64)
-            masked = x[:, s:e] == mask_id
             conf = torch.where(masked, conf, torch.tensor(-math.inf, dtype=conf.dtype, device=dev))
+            counts = k_per_step[:, i]  # (B,)
+            if dynamic:
+                counts = confident_counts(conf, counts, threshold=threshold, factor=factor)
             transfer = torch.zeros_like(masked)
             for j in range(B):
-                k = int(k_per_step[j, i])
+                k = int(counts[j])
                 if k:
                     transfer[j, torch.topk(conf[j], k=k).indices] = True
             x[:, s:e] = torch.where(transfer, x0, x[:, s:e])
             if on_step is not None:
-                on_step({"block": b, "step": i, "x": x.clone(), "transfer": transfer.clone()})
+                on_step({"block": b, "step": i, "x": x.clone(), "transfer": transfer.clone(),
+                         "forwards": block_logits.stats.forwards, "tokens": block_logits.stats.tokens})
+        if stop_at_eos and e < x.shape[1]:
+            done = x[:, e - 1] == eos  # (B,) rows whose finished block ends with EOS
+            rest = x[:, e:]
+            x[:, e:] = torch.where(done[:, None] & (rest == mask_id), eos, rest)
+            if not bool((x[:, e:] == mask_id).any()):
+                break
     return x
 
 
@@ -174,18 +252,24 @@ def generate_image(
     mask_id: int | None = None,
     generator: torch.Generator | None = None,
     on_step: StepCallback | None = None,
+    cache: Literal["none", "prefix"] = "none",
 ) -> torch.Tensor:
     """MaskGIT decoding of the image slots of t2i rows; returns image codes (B, N) in [0, codebook_size).
 
     ``input_ids`` (B, L) are t2i rows (``SequenceBuilder.t2i``) whose ``N`` image slots, at
     ``[-(N+1):-1]`` before ``<|eoi|>``, are masked (or partly given, for inpainting). With
     ``guidance_scale > 0``, ``uncond_input_ids`` are the same layout with an empty caption; their
-    text part is combined with the current image slots at every step.
+    text part is combined with the current image slots at every step (cond and uncond rows go
+    through the model as one batch). ``cache="prefix"`` encodes the text prompts once and reuses
+    their K/V for every step (approximate: the prompt's K/V then do not see the image evolve).
     """
     mask_id = _mask_id(model, mask_id)
     N = int(num_image_tokens or model.config.num_vq_tokens)
     if steps <= 0:
         raise SamplerError(f"steps={steps} must be positive")
+    if cache not in IMAGE_CACHE_MODES:
+        raise SamplerError(f"cache={cache!r} for images; expected one of {IMAGE_CACHE_MODES} "
+                           "(every image slot can change at every MaskGIT step, so there is no dual cache)")
     if temperature_decay not in ("cumulative", "linear"):
         raise SamplerError(f"temperature_decay={temperature_decay!r}; expected 'cumulative' or 'linear'")
     if input_ids.dim() != 2 or input_ids.shape[1] < N + 1:
@@ -206,20 +290,21 @@ def generate_image(
     if bool((given & ((x[:, img] < image_offset) | (x[:, img] >= image_offset + codebook_size))).any()):
         raise SamplerError(f"given image tokens fall outside [image_offset, image_offset + {codebook_size})")
     sampled = torch.where(given, x[:, img] - image_offset, 0)
+    am = attention_mask
+    if guidance_scale > 0 and (attention_mask is not None or uncond_attention_mask is not None):
+        ones = torch.ones_like(x, dtype=torch.bool)
+        am = torch.cat([ones if attention_mask is None else attention_mask.bool(),
+                        ones if uncond_attention_mask is None else uncond_attention_mask.bool()])
+    image_logits = ImageLogits(model, cache, am, N, image_offset, codebook_size)
     for step in range(steps):
         if guidance_scale > 0:
             un = uncond_input_ids.clone()
             un[:, img] = x[:, img]
-            am = None
-            if attention_mask is not None or uncond_attention_mask is not None:
-                ones = torch.ones_like(x, dtype=torch.bool)
-                am = torch.cat([ones if attention_mask is None else attention_mask.bool(),
-                                ones if uncond_attention_mask is None else uncond_attention_mask.bool()])
-            cond, unc = model(torch.cat([x, un]), attention_mask=am).logits.chunk(2)
+            cond, unc = image_logits(torch.cat([x, un])).chunk(2)
             logits = (1 + guidance_scale) * cond - guidance_scale * unc
         else:
-            logits = model(x, attention_mask=attention_mask).logits
-        logits = logits[:, img, image_offset : image_offset + codebook_size].float()  # (B, N, C)
+            logits = image_logits(x)
+        logits = logits.float()  # (B, N, C): image slots, codebook columns
         probs = torch.softmax(logits, dim=-1)
         draw = torch.multinomial(probs.reshape(-1, codebook_size), 1, generator=generator).view(B, N)
         unknown = x[:, img] == mask_id
@@ -239,5 +324,6 @@ def generate_image(
         remask = noisy_conf < cutoff
         x[:, img] = torch.where(remask, mask_id, sampled + image_offset)
         if on_step is not None:
-            on_step({"step": step, "remasked": remask.clone(), "sampled": sampled.clone()})
+            on_step({"step": step, "remasked": remask.clone(), "sampled": sampled.clone(),
+                     "forwards": image_logits.stats.forwards, "tokens": image_logits.stats.tokens})
     return sampled

@@ -18,6 +18,20 @@ Numerics follow the reference: RMSNorm and RoPE (NeoX "rotate half" convention) 
 attention through ``scaled_dot_product_attention`` without a causal mask. The model holds no
 parallelism code: FSDP and activation checkpointing are applied from outside
 (``mmada.training``), HF activation checkpointing via ``activation_checkpointing_enable()``.
+
+Cached decoding (Fast-dLLM's prefix/dual cache, used by ``mmada.diffusion`` samplers) goes
+through :class:`KVCache`, not HF's ``past_key_values``/``use_cache`` (whose append-only causal
+semantics do not fit a bidirectional model)::
+
+    cache = KVCache()
+    model(x, kv_cache=cache)                              # full pass: K/V of all L positions stored
+    model(x[:, s:], kv_cache=cache, cache_start=s)        # prefix cache: queries s.., keys 0..L
+    model(x[:, s:e], kv_cache=cache, cache_start=s)       # dual cache: [e, L) keys are the stored ones
+
+The new tokens' K/V overwrite the cache at ``[cache_start, cache_start + T)``; attention runs
+over ``[0, max(cache.length, cache_start + T))``. Keys keep the RoPE rotation of the positions
+they were computed at, and new tokens default to positions ``cache_start + arange(T)``.
+``logits_positions``/``logits_vocab`` restrict the LM head to the rows/columns a sampler reads.
 """
 
 from __future__ import annotations
@@ -118,6 +132,54 @@ def build_attention_bias(
     return bias
 
 
+class KVCache:
+    """Per-layer key/value buffers for cached diffusion decoding (see the module docstring).
+
+    ``keys[i]``/``values[i]``: (B, H_kv, capacity, head_dim) in the model's dtype, RoPE already
+    applied to the keys; ``length``: the number of valid positions (the key length of the last
+    forward). Buffers are allocated by the first forward and grow when a write goes past them.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor | None] = []
+        self.values: list[torch.Tensor | None] = []
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if not self.keys or self.keys[0] is None else self.keys[0].shape[0]
+
+    def check(self, batch: int, start: int, dtype: torch.dtype) -> None:
+        """Raise :class:`ConfigError` if a write of ``batch`` rows at ``start`` cannot use this cache."""
+        if start < 0 or start > self.length:
+            raise ConfigError(f"cache_start={start} is outside the cached length [0, {self.length}]")
+        if self.length and self.batch_size != batch:
+            raise ConfigError(f"kv_cache holds {self.batch_size} rows but input_ids has {batch}")
+        if self.length and self.keys[0].dtype != dtype:
+            raise ConfigError(f"kv_cache dtype {self.keys[0].dtype} != model dtype {dtype}")
+
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int, key_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B, H_kv, T, hd) at ``[start, start + T)``; return keys/values ``[0, key_len)``."""
+        while len(self.keys) <= layer:
+            self.keys.append(None)
+            self.values.append(None)
+        kb, vb = self.keys[layer], self.values[layer]
+        if kb is None or kb.shape[2] < key_len:
+            B, H, _, hd = k.shape
+            nk = k.new_empty((B, H, key_len, hd))
+            nv = v.new_empty((B, H, key_len, hd))
+            if kb is not None and self.length:
+                nk[:, :, : self.length] = kb[:, :, : self.length]
+                nv[:, :, : self.length] = vb[:, :, : self.length]
+            kb, vb = self.keys[layer], self.values[layer] = nk, nv
+        T = k.shape[2]
+        kb[:, :, start : start + T] = k
+        vb[:, :, start : start + T] = v
+        return kb[:, :, :key_len], vb[:, :, :key_len]
+
+
 class MMaDABlock(GradientCheckpointingLayer):
     """LLaDA's Llama block: pre-RMSNorm, bidirectional attention with RoPE, SiLU-gated MLP."""
 
@@ -136,14 +198,19 @@ class MMaDABlock(GradientCheckpointingLayer):
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_bias: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_bias: torch.Tensor | None,
+        cache: tuple[KVCache, int, int, int] | None = None,
     ) -> torch.Tensor:
+        """``cache``: (kv_cache, layer index, cache_start, key_len) for cached decoding, else None."""
         B, T, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(h).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            kv_cache, layer, start, key_len = cache
+            k, v = kv_cache.write(layer, k, v, start, key_len)  # (B, Hkv, key_len, hd)
         a = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias, is_causal=False, enable_gqa=self.n_kv_heads != self.n_heads
         )  # (B, H, T, hd)
@@ -174,24 +241,42 @@ class MMaDAModel(nn.Module):
         attention_bias: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        kv_cache: KVCache | None = None,
+        cache_start: int | None = None,
+        logits_positions: slice | None = None,
+        logits_vocab: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        _B, T = input_ids.shape
+        B, T = input_ids.shape
         x = self.transformer.wte(input_ids)  # (B, T, d); no embedding scale, no wpe
+        start, key_len = 0, T
+        if kv_cache is not None:
+            start = kv_cache.length if cache_start is None else int(cache_start)
+            kv_cache.check(B, start, x.dtype)
+            key_len = max(kv_cache.length, start + T)
+        elif cache_start is not None:
+            raise ConfigError("cache_start needs a kv_cache")
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)
+            position_ids = torch.arange(start, start + T, device=input_ids.device)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, _compute_dtype(x.dtype))
         if cos.dim() == 3:  # per-row positions (B, T, hd) -> (B, 1, T, hd)
             cos, sin = cos[:, None], sin[:, None]
-        bias = build_attention_bias(attention_mask, attention_bias, x.dtype, T, T)
+        bias = build_attention_bias(attention_mask, attention_bias, x.dtype, T, key_len)
         hidden = [] if output_hidden_states else None
-        for block in self.transformer.blocks:
+        for i, block in enumerate(self.transformer.blocks):
             if hidden is not None:
                 hidden.append(x)
-            x = block(x, cos, sin, bias)
+            x = block(x, cos, sin, bias, None if kv_cache is None else (kv_cache, i, start, key_len))
+        if kv_cache is not None:
+            kv_cache.length = key_len
         x = self.transformer.ln_f(x)
         if hidden is not None:
             hidden.append(x)
-        return self.transformer.ff_out(x), (tuple(hidden) if hidden is not None else None)
+        head = self.transformer.ff_out
+        if logits_positions is None and logits_vocab is None:
+            return head(x), (tuple(hidden) if hidden is not None else None)
+        h = x if logits_positions is None else x[:, logits_positions]  # (B, t, d)
+        w = head.weight if logits_vocab is None else head.weight[logits_vocab]  # (v, d)
+        return F.linear(h, w), (tuple(hidden) if hidden is not None else None)
 
 
 class MMaDAModelLM(PreTrainedModel):
@@ -201,6 +286,9 @@ class MMaDAModelLM(PreTrainedModel):
     ``attention_mask`` (1 = token) or an official-style bool ``attention_bias`` (B, 1, T, T);
     with neither, every position attends to every other (the behaviour of the released
     checkpoints before the upstream mask fix, see shared/reference/mmada.md §1.4).
+
+    Cached decoding: ``kv_cache=KVCache()`` (+ ``cache_start``) as in the module docstring; the
+    masks then cover the keys, ``attention_mask`` (B, key_len), ``attention_bias`` (B, 1, T, key_len).
     """
 
     config_class = MMaDAConfig
@@ -242,10 +330,18 @@ class MMaDAModelLM(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        kv_cache: KVCache | None = None,
+        cache_start: int | None = None,
+        logits_positions: slice | None = None,
+        logits_vocab: slice | None = None,
         **kwargs,
     ) -> MaskedLMOutput:
+        """Logits (B, T, V), or (B, t, v) for the ``logits_positions`` rows / ``logits_vocab`` columns."""
         if kwargs.get("past_key_values") is not None or kwargs.get("use_cache"):
-            raise ConfigError("MMaDAModelLM.forward has no use_cache/past_key_values; use mmada.diffusion samplers")
+            raise ConfigError(
+                "MMaDAModelLM.forward has no HF use_cache/past_key_values (causal append semantics); "
+                "pass kv_cache=KVCache() and cache_start (see mmada.diffusion samplers)"
+            )
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
         if input_ids.numel() and (int(input_ids.max()) >= self.config.embedding_size or int(input_ids.min()) < 0):
@@ -259,6 +355,10 @@ class MMaDAModelLM(PreTrainedModel):
             attention_bias=attention_bias,
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
+            kv_cache=kv_cache,
+            cache_start=cache_start,
+            logits_positions=logits_positions,
+            logits_vocab=logits_vocab,
         )
         return MaskedLMOutput(logits=logits, hidden_states=hidden)
 

@@ -1,0 +1,137 @@
+"""Typed sampler settings: one object that configs take, samplers run with, and reports record.
+
+UniGRPO rollouts, evaluation runs and the CLI all describe "how was this sampled" with the same
+fields, so a number in a report can be traced to its decoding settings (cache mode, block size,
+threshold…). Field names equal the keyword arguments of ``mmada.inference.generate_answers`` /
+``generate_image_codes``, and ``sampler_kwargs()`` gives those of ``generate_text`` /
+``generate_image``::
+
+    s = SamplerSettings(gen_length=256, block_length=32, steps=256, cache="prefix", threshold=0.9)
+    answers = generate_answers(lm, prompts, **s.model_dump())
+    ids = generate_text(model, prompt, mask_id=..., generator=s.generator(), **s.sampler_kwargs())
+    mlflow.log_params(s.record())          # {"sampler.cache": "prefix", "sampler.threshold": 0.9, …}
+
+``SamplerSettings.make(**kw)`` turns validation failures into ``SamplerError`` (CLI: ``error: …``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmada.diffusion.masking import get_schedule
+from mmada.errors import MMaDAError, SamplerError
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def make(cls, **kwargs):
+        """Validate ``kwargs`` into settings; errors become :class:`SamplerError` naming the field."""
+        try:
+            return cls(**kwargs)
+        except ValidationError as exc:
+            msgs = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']} (got {e.get('input')!r})"
+                for e in exc.errors()
+            )
+            raise SamplerError(f"invalid {cls.__name__}: {msgs}") from None
+
+    def generator(self, device: str | torch.device = "cpu") -> torch.Generator:
+        """A torch generator seeded with ``seed``."""
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+    def sampler_kwargs(self) -> dict:
+        """Keyword arguments of the sampler function (everything but ``seed``)."""
+        return self.model_dump(exclude={"seed"})
+
+    def record(self, prefix: str = "sampler.") -> dict[str, str | int | float | bool | None]:
+        """Flat ``{prefix + field: value}`` for MLflow params / report headers."""
+        return {f"{prefix}{k}": v for k, v in self.model_dump().items()}
+
+
+class SamplerSettings(_Settings):
+    """Text / MMU block-diffusion decoding (``generate_text``). Defaults = the plain sampler."""
+
+    steps: int = Field(64, gt=0)
+    """Denoising steps over the whole answer (``steps / (gen_length / block_length)`` per block)."""
+    gen_length: int = Field(64, gt=0)
+    """Generated tokens per answer."""
+    block_length: int = Field(32, gt=0)
+    """Semi-autoregressive block size (Fast-dLLM: 32)."""
+    temperature: float = Field(0.0, ge=0)
+    """Gumbel-max sampling temperature; 0 = greedy."""
+    cfg_scale: float = Field(0.0, ge=0)
+    """Classifier-free guidance (prompt masked for the unconditional pass)."""
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    cache: Literal["none", "prefix", "dual"] = "none"
+    """Fast-dLLM block-wise KV cache."""
+    prompt_cache: Literal["per_block", "once"] = "per_block"
+    """``once``: the prompt's K/V (e.g. the MMU image prefix) are never refreshed."""
+    threshold: float | None = Field(None, gt=0)
+    """Confidence-threshold parallel decoding (Fast-dLLM: 0.9); None = fixed tokens per step."""
+    factor: float | None = Field(None, gt=0)
+    """Factor-based parallel decoding (``(n+1)(1−c_n) < factor``); exclusive with ``threshold``."""
+    stop_at_eos: bool = False
+    """Finish a row once a block ends with EOS (rest filled with EOS); stop when all rows are done."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplerSettings:
+        if self.gen_length % self.block_length:
+            raise ValueError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}")
+        blocks = self.gen_length // self.block_length
+        if self.steps % blocks:
+            raise ValueError(f"steps={self.steps} is not divisible by the number of blocks {blocks}")
+        if self.threshold is not None and self.factor is not None:
+            raise ValueError("threshold and factor are exclusive parallel-decoding rules; set one")
+        if (self.threshold is not None or self.factor is not None) and self.remasking != "low_confidence":
+            raise ValueError("threshold/factor decoding needs remasking='low_confidence'")
+        if self.prompt_cache == "once" and self.cache == "none":
+            raise ValueError("prompt_cache='once' needs cache='prefix' or 'dual'")
+        return self
+
+    def describe(self) -> str:
+        """A short label, e.g. ``gen256/blk32/steps256 cache=prefix threshold=0.9``."""
+        parts = [f"gen{self.gen_length}/blk{self.block_length}/steps{self.steps}"]
+        if self.cache != "none":
+            parts.append(f"cache={self.cache}" + ("(prompt once)" if self.prompt_cache == "once" else ""))
+        if self.threshold is not None:
+            parts.append(f"threshold={self.threshold:g}")
+        if self.factor is not None:
+            parts.append(f"factor={self.factor:g}")
+        if self.stop_at_eos:
+            parts.append("stop_at_eos")
+        if self.temperature:
+            parts.append(f"T={self.temperature:g}")
+        return " ".join(parts)
+
+
+class ImageSamplerSettings(_Settings):
+    """Text-to-image MaskGIT decoding (``generate_image``). Defaults = the plain MaskGIT loop."""
+
+    steps: int = Field(12, gt=0)
+    guidance_scale: float = Field(0.0, ge=0)
+    """MUSE-style CFG ``(1 + w)·cond − w·uncond``; cond and uncond run as one batch."""
+    temperature: float = Field(1.0, ge=0)
+    schedule: str = "cosine"
+    temperature_decay: Literal["cumulative", "linear"] = "cumulative"
+    cache: Literal["none", "prefix"] = "none"
+    """``prefix``: the text prompt's K/V are computed once and reused for every step."""
+    seed: int = 0
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        try:
+            get_schedule(v)
+        except MMaDAError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def describe(self) -> str:
+        s = f"maskgit steps{self.steps} cfg{self.guidance_scale:g}"
+        return s + (f" cache={self.cache}" if self.cache != "none" else "")
