@@ -102,6 +102,13 @@ def test_first_inner_step_ratio_one_kl_zero_and_masks_only_in_completions(tiny):
     assert float(out.loss) == pytest.approx(-float(scored.advantages.advantages.mean()), abs=1e-7)
     # The two iterations draw different masks.
     assert not torch.equal(its[0].noised.masked, its[1].noised.masked)
+    # Rollouts take the fast-sampling options (cache + threshold) through the same config.
+    fast = GRPOConfig(num_generations=2, gen_length=8, block_length=4, cache="prefix", threshold=0.9,
+                      reward_funcs=["format"], reward_weights={})
+    rf = rollout_text(model, sb, [probs[0]["question"]], 2, think=False, steps=8, gen_length=8, block_length=4,
+                      temperature=0.0, sampler_kwargs=fast.sampler_kwargs())
+    assert rf.sequences.shape[0] == 2 and int(rf.prompt_mask[0].sum()) + 8 == rf.sequences.shape[1]
+    assert not (rf.sequences == sb.special.mask).any()  # every generated position was decoded
 
 
 def test_noising_estimators():

@@ -56,8 +56,14 @@ class GRPOConfig(BaseModel):
     block_length: int = Field(32, ge=1, description="semi-autoregressive block length")
     remasking: Literal["low_confidence", "random"] = "low_confidence"
     think: bool = Field(True, description="add the <think> instruction to text prompts")
+    cache: Literal["none", "prefix", "dual"] = Field("none", description="KV cache of the text rollouts")
+    threshold: float | None = Field(None, gt=0.0, description="confidence-threshold parallel decoding (None: off)")
     t2i_steps: int = Field(12, ge=1, description="MaskGIT steps for t2i rollouts")
     guidance_scale: float = Field(0.0, ge=0.0, description="CFG scale for t2i rollouts")
+
+    def sampler_kwargs(self) -> dict:
+        """Fast-sampling options for ``generate_text`` (defaults = the plain sampler)."""
+        return {"cache": self.cache, "threshold": self.threshold}
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:

@@ -227,7 +227,8 @@ class GRPOModule(MMaDAModule):
                 prompts = [x["prompt"] for x in recs]
                 r = rollout_text(view, sb, prompts, g.num_generations, image_codes=codes, think=g.think,
                                  steps=g.steps, gen_length=g.gen_length, block_length=g.block_length,
-                                 temperature=g.temperature, remasking=g.remasking, generator=gen)
+                                 temperature=g.temperature, remasking=g.remasking, generator=gen,
+                                 sampler_kwargs=g.sampler_kwargs())
                 cols = {"answer": [x["answer"] for x in recs], "task": [task] * len(recs)}
             scored = score_rollout(r, g, prompts, cols)
             its = prepare_iterations(view, self._ref(), r, g, mask_id=self.special.mask, generator=gen)
