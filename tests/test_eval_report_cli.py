@@ -212,3 +212,19 @@ def test_load_records_reads_webdataset_shards_and_names_bad_lines(tmp_path):
         load_records(str(tmp_path / "bad.jsonl"))
     with pytest.raises(MMaDAError, match="unknown built-in dataset"):
         load_records("builtin:nope")
+
+
+def test_fast_sampler_settings_are_used_and_reported(tiny_ckpt, tmp_path):
+    """--cache/--threshold reach the sampler and the report says which produced the numbers."""
+    reports = {}
+    for name, extra in {"plain": [], "fast": ["--cache", "prefix", "--threshold", "0.9"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "mmu", "--checkpoint", str(tiny_ckpt), "--data", "builtin:shapes", "--n", "2",
+                     "--steps", "4", "--gen-length", "4", "--block-length", "4", "--device", "cpu",
+                     "--out", str(out), *extra]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["plain"]["sampler"]["cache"] is None and reports["plain"]["sampler"]["threshold"] is None
+    assert reports["fast"]["sampler"]["cache"] == "prefix" and reports["fast"]["sampler"]["threshold"] == 0.9
+    assert reports["fast"]["n"] == reports["plain"]["n"]
+    with pytest.raises(SystemExit):
+        main(["eval", "mmu", "--cache", "triple"])

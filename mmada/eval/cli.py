@@ -50,6 +50,10 @@ def _add_model(p: argparse.ArgumentParser, *, text: bool = True, image: bool = F
         g.add_argument("--gen-length", type=int, default=None, help="generated tokens (64)")
         g.add_argument("--block-length", type=int, default=None, help="block length (32)")
         g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+        g.add_argument("--cache", default=None, choices=["none", "prefix", "dual"],
+                       help="KV cache of the sampler (fast sampling; default: none)")
+        g.add_argument("--threshold", type=float, default=None,
+                       help="confidence-threshold parallel decoding (default: off)")
     if image:
         g.add_argument("--guidance-scale", type=float, default=0.0, help="image CFG (MaskGIT)")
         g.add_argument("--image-tokenizer", default="palette", help="'palette' (demo quantiser) or a MAGVIT-v2 dir")
@@ -64,6 +68,7 @@ def _text_sampler(args):
         block_length=args.block_length or d["block_length"],
         temperature=d["temperature"] if args.temperature is None else args.temperature,
         cfg_scale=args.cfg_scale, remasking=args.remasking, seed=args.seed,
+        cache=None if args.cache in (None, "none") else args.cache, threshold=args.threshold,
     )
 
 

@@ -177,6 +177,7 @@ def evaluate_math(
                 lm, prompts, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
                 temperature=s.temperature or 0.0, cfg_scale=s.cfg_scale or 0.0,
                 remasking=s.remasking or "low_confidence", chat=chat, seed=(s.seed or 0) + i,
+                cache=s.cache or "none", threshold=s.threshold,
             )
             for r, o in zip(chunk, outs, strict=True):
                 r[response_field] = apply_stops(o, GSM8K_STOPS)
@@ -281,7 +282,9 @@ def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions:
             lm.model, batch.input_ids, attention_mask=batch.attention_mask, steps=sampler.steps,
             gen_length=sampler.gen_length, block_length=sampler.block_length, temperature=sampler.temperature or 0.0,
             cfg_scale=sampler.cfg_scale or 0.0, remasking=sampler.remasking or "low_confidence", mask_id=sp.mask,
-            generator=gen,
+            generator=gen, cache=sampler.cache or "none", threshold=sampler.threshold,
+            # the image prefix is encoded once when a cache is on (Fast-dLLM-style MMU prefill)
+            prompt_cache="once" if sampler.cache not in (None, "none") else "per_block",
         )[:, batch.input_ids.shape[1] :]
         for row in ids.tolist():
             for stop in (sp.eos, sp.eot):
