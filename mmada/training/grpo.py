@@ -262,13 +262,7 @@ class GRPOModule(MMaDAModule):
 
     def on_train_end(self) -> None:
         if self.cfg.data.trace_keys:  # which prompts each rank rolled out (debugging / tests)
-            out = self.cfg.out_dir / "data_trace"
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / f"rank{self.global_rank}.json"
-            tmp = path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps({"rank": self.global_rank, "world_size": self.trainer.world_size,
-                                       "global_step": self.global_step, "rollouts": self._trace}))
-            tmp.replace(path)
+            self.write_data_trace("rollouts", self._trace)
 
     def _log_rollouts(self, cache) -> None:
         rewards = []

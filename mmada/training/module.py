@@ -130,6 +130,16 @@ class MMaDAModule(L.LightningModule):
             ids[rows] = sub
         return batch
 
+    def write_data_trace(self, field: str, items: list) -> None:
+        """``<output_dir>/data_trace/rank<r>.json``: which samples this rank saw (debugging / tests)."""
+        out = self.cfg.out_dir / "data_trace"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"rank{self.global_rank}.json"
+        tmp = path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps({"rank": self.global_rank, "world_size": self.trainer.world_size,
+                                   "global_step": self.global_step, field: items}))
+        tmp.replace(path)
+
     def sampler_view(self) -> _SamplerView:
         """An object the samplers can call like the model (routed through the strategy's wrapper)."""
         trainer = self._trainer
@@ -200,10 +210,4 @@ class DiffusionModule(MMaDAModule):
 
     def on_train_end(self) -> None:
         if self.cfg.data.trace_keys:
-            out = self.cfg.out_dir / "data_trace"
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / f"rank{self.global_rank}.json"
-            tmp = path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps({"rank": self.global_rank, "world_size": self.trainer.world_size,
-                                       "global_step": self.global_step, "batches": self._trace}))
-            tmp.replace(path)
+            self.write_data_trace("batches", self._trace)
