@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "mmada.eval.cli",
     "mmada.vq.cli",
     "mmada.training.cli",
+    "mmada.pipeline.cli",
 ]
 
 

@@ -67,3 +67,47 @@ def s3_endpoint():
         else:
             fsspec.config.conf["s3"] = saved_conf
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline as users drive it (tests/test_pipeline_*.py, tests/test_serve.py)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow honours DO_NOT_TRACK only when "true"
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory):
+    """A fresh clone of the project (own git repo) where the tiny pipeline ran once via `mmada pipeline`.
+
+    Yields ``(clone_path, output_of_the_run)``. Until this build has a UniGRPO stage the run stops
+    after sft (``mmada pipeline`` says so); evaluate is then exercised by test_pipeline_dvc.py
+    on the sft model.
+    """
+    from tests.test_pipeline_support import make_clone, mmada
+
+    clone = make_clone(tmp_path_factory.mktemp("pipeline") / "clone")
+    run = mmada(clone, "pipeline")
+    yield clone, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="session")
+def fake_slurm(tmp_path_factory):
+    """A folder with fake ``sbatch``/``srun`` executables: sbatch records its arguments in ``calls.log``,
+    prints a job id and runs the batch script here (``--output``/``--chdir`` honoured), returning its status."""
+    import stat
+
+    d = tmp_path_factory.mktemp("fake-slurm")
+    (d / "sbatch").write_text("""#!/bin/bash
+echo "$@" >> "$(dirname "$0")/calls.log"
+script="${@: -1}"
+out=$(grep -m1 '^#SBATCH --output=' "$script" | cut -d= -f2-)
+dir=$(grep -m1 '^#SBATCH --chdir=' "$script" | cut -d= -f2-)
+job=$(( (RANDOM % 90000) + 10000 ))
+echo "$job"
+cd "$dir" || exit 1
+SLURM_JOB_ID=$job SLURM_JOB_NODELIST=localhost bash "$script" > "$out" 2>&1
+""")
+    (d / "srun").write_text('#!/bin/bash\necho "srun $*" >> "$(dirname "$0")/calls.log"\nexec "$@"\n')
+    for name in ("sbatch", "srun"):
+        (d / name).chmod((d / name).stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return d

@@ -1,0 +1,211 @@
+"""``params.yaml``: the typed parameters of every pipeline stage, in one file.
+
+Each section *is* the stage's own pydantic config, so the same model validates ``params.yaml``
+(``dvc repro``), renders the Prefect UI form and is dumped into MLflow params:
+
+    tokenizer          TokenizerParams     (this module)
+    curate.<dataset>   CurationSpec        (mmada.data.specs; data_specs/<dataset>.yaml + demo sizes)
+    vq                 VQTrainConfig       (mmada.vq.config;  configs/vq/tiny.yaml + demo steps)
+    pretrain/sft/grpo  TrainConfig         (mmada.training.config; configs/train/tiny_*.yaml + demo steps)
+    evaluate           EvalParams          (this module)
+
+``mmada pipeline params --write`` regenerates the file from those base configs plus
+:data:`DEMO_OVERRIDES` (sizes that keep the whole pipeline within ~15 minutes on 2 CPU cores).
+Edit it by hand or sweep with ``dvc exp run -S pretrain.optim.lr=3e-4``; a bad value is reported
+as ``params.yaml: pretrain.optim.lr: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmada.data.specs import CurationSpec
+from mmada.errors import ConfigError
+from mmada.pipeline.stages import DATASETS, PARAMS_FILE, TOKENIZER_DIR, VQ_DIR, VQ_OUTPUT_DIR, data_dir
+from mmada.training.config import STAGE_TASKS, TrainConfig
+from mmada.vq.config import VQTrainConfig
+
+
+def grpo_available() -> bool:
+    """Whether this build's ``mmada train`` has the UniGRPO stage."""
+    return "grpo" in STAGE_TASKS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizerParams(_Strict):
+    """The text tokenizer: a byte-level BPE trained on the built-in corpus (deterministic, ~1 s)."""
+
+    vocab_size: int = Field(1024, ge=512, le=65536, description="Text vocabulary size; must equal the model "
+                            "preset's llm_vocab_size (1024 for tiny).")
+
+
+class EvalParams(_Strict):
+    """What the ``evaluate`` stage measures and with which sampler settings."""
+
+    math_n: int = Field(64, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
+    math_protocol: Literal["gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag"] = Field(
+        "gsm8k_flexible", description="Answer-extraction protocol of the math suite.")
+    mmu_n: int = Field(16, ge=0, le=10000, description="Shapes scenes whose VQA questions are asked (0: skip).")
+    t2i_n: int = Field(32, ge=0, le=10000, description="Shapes captions to generate images for (0: skip).")
+    recon_n: int = Field(32, ge=0, le=10000, description="Images reconstructed by the image tokenizer (0: skip).")
+    data_seed: int = Field(4242, description="Seed of the held-out built-in problems/scenes (training used seeds 0/1).")
+    text_steps: int = Field(32, ge=1, le=1024, description="Text diffusion sampler steps.")
+    gen_length: int = Field(64, ge=8, le=2048, description="Generated answer tokens.")
+    block_length: int = Field(32, ge=1, le=2048, description="Semi-autoregressive block length (divides gen_length).")
+    image_steps: int = Field(12, ge=1, le=256, description="MaskGIT steps for image generation.")
+    guidance_scale: float = Field(2.0, ge=0, le=20, description="Classifier-free guidance of image generation.")
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+class CurateParams(_Strict):
+    """The four built-in data specs of the tiny pipeline."""
+
+    arithmetic: CurationSpec
+    shapes: CurationSpec
+    shapes_vqa: CurationSpec
+    digits: CurationSpec
+
+
+class PipelineParams(_Strict):
+    """Every stage's parameters (the content of ``params.yaml``)."""
+
+    tokenizer: TokenizerParams = Field(default_factory=TokenizerParams)
+    curate: CurateParams
+    vq: VQTrainConfig
+    pretrain: TrainConfig
+    sft: TrainConfig
+    grpo: TrainConfig | None = Field(None, description="UniGRPO stage config (null until this build has it).")
+    evaluate: EvalParams = Field(default_factory=EvalParams)
+
+    def section(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+
+def format_errors(exc: ValidationError, where: str) -> str:
+    problems = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "(root)"
+        got = f" (got {e['input']!r})" if e["type"] not in ("missing", "value_error") and "input" in e else ""
+        problems.append(f"{loc}: {e['msg']}{got}")
+    return f"{where}: " + "; ".join(problems)
+
+
+def validate_params(data: Any, where: str = PARAMS_FILE) -> PipelineParams:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of stage sections, got {type(data).__name__}")
+    try:
+        return PipelineParams.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, where)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> PipelineParams:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such parameters file; create the default one with "
+                          "`mmada pipeline params --write` (or pass --params FILE)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return validate_params(data, str(p))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists of scalars in flow style (``[1, 2, 2]``) so the file reads like the configs it came from."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def dump_params(params: PipelineParams) -> str:
+    return yaml.dump(params_dict(params), Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def params_dict(params: PipelineParams) -> dict[str, Any]:
+    d = params.model_dump(mode="json")
+    # the specs as written in data_specs/ (discriminators and set fields, not every default)
+    d["curate"] = {k: getattr(params.curate, k).model_dump(mode="json", exclude_unset=True) for k in DATASETS}
+    return d
+
+
+# ------------------------------------------------------------------------------------------------
+# the default params.yaml: the repository's tiny configs + demo sizes
+
+_TRAIN_COMMON = [
+    f"model.tokenizer={TOKENIZER_DIR}",
+    f"data.image_tokenizer={VQ_DIR}",
+    "samples.every_n_steps=0",        # samples once, at the end of the stage
+    "checkpoint.every_n_steps=100",
+    "data.val_batches=4",
+]
+
+DEMO_OVERRIDES: dict[str, list[str]] = {
+    "curate.arithmetic": ["sources.0.n=2000", "shards.max_samples=1000"],
+    "curate.shapes": ["sources.0.n=1000", "shards.max_samples=500"],
+    "curate.shapes_vqa": ["sources.0.n=300", "shards.max_samples=500"],
+    "curate.digits": [],
+    "vq": ["max_steps=200", "val_every=100", "data.num_train=4096", "data.num_val=128", f"output_dir={VQ_OUTPUT_DIR}"],
+    "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=300", "trainer.val_every_n_steps=300", "optim.warmup_steps=30"],
+    "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=200", "trainer.val_every_n_steps=200", "optim.warmup_steps=20"],
+    "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0", "trainer.max_steps=10",
+             "checkpoint.every_n_steps=10"],
+}
+
+BASE_CONFIGS = {
+    "vq": "configs/vq/tiny.yaml",
+    "pretrain": "configs/train/tiny_pretrain.yaml",
+    "sft": "configs/train/tiny_sft.yaml",
+    "grpo": "configs/train/tiny_grpo.yaml",
+}
+
+
+def default_params(root: str | Path = ".") -> PipelineParams:
+    """The tiny pipeline's parameters built from the repository's configs and :data:`DEMO_OVERRIDES`."""
+    from mmada.data.specs import load_spec
+    from mmada.training.config import load_train_config
+    from mmada.vq.config import load_train_config as load_vq_config
+
+    root = Path(root)
+    curate = {}
+    for name in DATASETS:
+        spec = load_spec(root / f"data_specs/{name}.yaml",
+                         [*DEMO_OVERRIDES[f"curate.{name}"], f"tokenizer={TOKENIZER_DIR}", f"output={data_dir(name)}"])
+        curate[name] = spec
+    vq = load_vq_config(root / BASE_CONFIGS["vq"], DEMO_OVERRIDES["vq"])
+    train = {s: load_train_config(root / BASE_CONFIGS[s], DEMO_OVERRIDES[s]) for s in ("pretrain", "sft")}
+    grpo = None
+    if grpo_available() and (root / BASE_CONFIGS["grpo"]).is_file():
+        grpo = load_train_config(root / BASE_CONFIGS["grpo"], DEMO_OVERRIDES["grpo"])
+    return PipelineParams(tokenizer=TokenizerParams(), curate=CurateParams(**curate), vq=vq, grpo=grpo, **train)
+
+
+PARAMS_HEADER = """\
+# Parameters of the tiny end-to-end pipeline (dvc.yaml stages read their section; the Prefect
+# `pipeline` deployment shows them as a form). Each section is that stage's typed config:
+#   tokenizer: TokenizerParams   curate.*: CurationSpec   vq: VQTrainConfig
+#   pretrain / sft / grpo: TrainConfig   evaluate: EvalParams        (see mmada/pipeline/params.py)
+# Regenerate from configs/ and data_specs/ with `mmada pipeline params --write`.
+# Sweep:  dvc exp run -S pretrain.optim.lr=0.0005 -S sft.trainer.max_steps=200
+"""
+
+
+def write_params(params: PipelineParams, path: str | Path = PARAMS_FILE) -> Path:
+    from mmada.pipeline.files import write_text_atomic
+
+    return write_text_atomic(path, PARAMS_HEADER + dump_params(params))

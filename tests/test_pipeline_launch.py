@@ -1,0 +1,98 @@
+"""The launchers and their watcher: a real local subprocess, the sbatch path (fake ``sbatch`` on PATH), cancel.
+
+The fake ``sbatch`` (tests/conftest.py) records its arguments and runs the generated batch script
+locally, so the script, the submission flags, log following and exit-status handling are real.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from mmada.pipeline.launch import LaunchError, LaunchSpec, launch, local_argv, sbatch_script
+
+
+def test_local_launch_streams_output_and_polls(tmp_path):
+    lines, polls = [], []
+    res = launch(LaunchSpec(poll_seconds=0.2), ["--help"], workdir=tmp_path / "w", job_name="j",
+                 on_line=lines.append, poll=lambda: polls.append(1))
+    assert res.returncode == 0 and any(ln.startswith("usage: mmada") for ln in lines)
+    assert "pipeline" in "\n".join(res.lines) and polls  # the final poll always happens
+    with pytest.raises(LaunchError) as e:
+        launch(LaunchSpec(), ["pipeline", "stage", "nonsense"], workdir=tmp_path / "w", job_name="j")
+    assert "exited with status 2" in str(e.value) and "invalid choice: 'nonsense'" in str(e.value)
+
+
+def test_interrupting_the_watcher_kills_the_job(tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/bash\necho "$$" > {tmp_path}/pid\necho started\nexec sleep 300\n')
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+    seen: list[str] = []
+
+    def poll() -> None:
+        if "started" in seen:
+            raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        launch(LaunchSpec(python=str(fake_python), poll_seconds=0.2), ["train", "x.yaml"], workdir=tmp_path,
+               job_name="j", on_line=seen.append, poll=poll)
+    pid = int((tmp_path / "pid").read_text())
+    assert time.monotonic() - t0 < 60
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_command_builders():
+    spec = LaunchSpec(kind="torchrun", procs_per_node=4, python="/venv/bin/python")
+    assert local_argv(spec, ["train", "c.yaml"]) == [
+        "/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
+        "-m", "mmada", "train", "c.yaml"]
+    assert local_argv(LaunchSpec(python="py"), ["train", "c.yaml"]) == ["py", "-m", "mmada", "train", "c.yaml"]
+    assert spec.world() == (1, 4) and LaunchSpec(kind="sbatch", nodes=4, procs_per_node=8).world() == (4, 8)
+    multi = LaunchSpec(kind="sbatch", nodes=4, procs_per_node=8, partition="gpu", gres="gpu:8", cpus_per_task=96,
+                       time_limit="2-00:00:00", setup=["module load cuda", "source .venv/bin/activate"],
+                       sbatch_args=["--qos=high"], python="python")
+    text = sbatch_script(multi, ["train", "/shared/cfg.yaml"], job_name="mmada-sft", log_path=Path("/l/j.log"),
+                         workdir=Path("/proj"), env={"MLFLOW_RUN_ID": "abc", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    for line in ["#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gres=gpu:8",
+                 "#SBATCH --partition=gpu", "#SBATCH --time=2-00:00:00", "#SBATCH --output=/l/j.log",
+                 "#SBATCH --chdir=/proj", "#SBATCH --qos=high", "#SBATCH --cpus-per-task=96", "module load cuda",
+                 "export MLFLOW_RUN_ID=abc", "export MLFLOW_TRACKING_URI=http://mlflow:5000",
+                 'srun python -m torch.distributed.run --nnodes 4 --nproc-per-node 8 --rdzv-id "$SLURM_JOB_ID" '
+                 '--rdzv-backend c10d --rdzv-endpoint "$head_node:29500" -m mmada train /shared/cfg.yaml']:
+        assert line in text.splitlines(), line
+    single = sbatch_script(LaunchSpec(kind="sbatch", python="python"), ["train", "c.yaml"], job_name="j",
+                           log_path=Path("l"), workdir=Path("."))
+    assert single.splitlines()[-1] == "srun python -m mmada train c.yaml"
+    with pytest.raises(ValueError):
+        LaunchSpec(time_limit="tomorrow")
+
+
+def test_sbatch_path_with_a_fake_sbatch(tmp_path, fake_slurm, monkeypatch):
+    monkeypatch.setenv("PATH", f"{fake_slurm}{os.pathsep}{os.environ['PATH']}")
+    lines: list[str] = []
+    spec = LaunchSpec(kind="sbatch", partition="debug", setup=["echo setup-ran"], poll_seconds=0.3)
+    res = launch(spec, ["--help"], workdir=tmp_path / "w", job_name="mmada-test", env={"MMADA_X": "1"},
+                 on_line=lines.append)
+    assert res.returncode == 0 and res.job_id and res.job_id.isdigit()
+    assert "setup-ran" in lines and any(ln.startswith("usage: mmada") for ln in lines)
+    calls = (fake_slurm / "calls.log").read_text().splitlines()
+    assert any(c.startswith("--parsable --wait ") and c.endswith("mmada-test.sbatch") for c in calls)
+    assert any(c.startswith("srun ") and c.endswith("-m mmada --help") for c in calls)
+    script = (tmp_path / "w" / "mmada-test.sbatch").read_text()
+    assert "#SBATCH --partition=debug" in script and "export MMADA_X=1" in script
+    with pytest.raises(LaunchError) as e:
+        launch(spec, ["pipeline", "stage", "nonsense"], workdir=tmp_path / "w", job_name="mmada-bad")
+    assert "SLURM job" in str(e.value) and "failed with status 2" in str(e.value)
+    assert "invalid choice" in str(e.value) and "mmada-bad.log" in str(e.value)
+
+
+def test_sbatch_missing_says_where_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LaunchError, match="`sbatch` is not on PATH: run this on a SLURM login node"):
+        launch(LaunchSpec(kind="sbatch"), ["--help"], workdir=tmp_path / "w", job_name="j")

@@ -1,0 +1,162 @@
+"""The stage list, dvc.yaml, params.yaml and the bad-input paths of `mmada pipeline` (fast, no training).
+
+Each error test checks the exit status, that the message names the field/stage and says what to
+do, and that nothing was written.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmada.errors import ConfigError
+from mmada.pipeline import stages as S
+from mmada.pipeline.params import PipelineParams, load_params, validate_params
+from tests.test_pipeline_support import REPO, env_for
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(cwd, *args, **env)`` → (status, stdout, stderr) of ``mmada ARGS`` run in-process in ``cwd``."""
+    from mmada.cli import main
+
+    def run(cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        capsys.readouterr()
+        try:
+            rc = main(list(args))
+        except SystemExit as exc:  # argparse errors
+            rc = exc.code
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def test_checked_in_dvc_yaml_is_the_generated_one():
+    assert (REPO / "dvc.yaml").read_text() == S.dvc_yaml_text(), "run `mmada pipeline generate`"
+    r = subprocess.run([sys.executable, "-m", "mmada", "pipeline", "generate", "--check"], cwd=REPO,
+                       env=env_for(REPO), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "up to date" in r.stdout, r.stderr
+
+
+def test_dvc_yaml_structure():
+    d = yaml.safe_load(S.dvc_yaml_text())["stages"]
+    assert list(d) == ["tokenizer", "curate-arithmetic", "curate-shapes", "curate-shapes_vqa", "curate-digits", "vq",
+                       "pretrain", "sft", "grpo", "evaluate"]
+    for name, st in d.items():
+        assert st["cmd"] == f"python -m mmada pipeline stage {name}"
+        for p in st["params"]:  # every params key exists in params.yaml
+            node = PARAMS
+            for part in p.split("."):
+                assert part in node, f"{name}: params key {p!r} is not in params.yaml"
+                node = node[part]
+    # models are small uncached references; metrics and curves are uncached files
+    assert d["pretrain"]["outs"] == [{S.model_ref("pretrain"): {"cache": False}}]
+    assert d["sft"]["plots"] == [{S.plot_file("sft"): {"cache": False, "x": "step", "y": "train_loss",
+                                                       "title": "SFT loss"}}]
+    assert d["grpo"]["plots"][0][S.plot_file("grpo")]["y"] == "reward"
+    assert d["evaluate"]["metrics"] == [{S.metrics_file("eval"): {"cache": False}}]
+    assert S.model_ref("pretrain") in d["sft"]["deps"] and S.model_ref("sft") in d["grpo"]["deps"]
+    assert S.model_ref("grpo") in d["evaluate"]["deps"]
+
+
+def test_every_dep_is_produced_upstream_and_the_order_is_topological():
+    seen: set[str] = set()
+    for s in S.STAGES:
+        for dep in s.deps:
+            producer = S.producer_of(dep)
+            if producer is None:
+                assert (REPO / dep).exists(), f"{s.name}: source dep {dep} does not exist"
+            else:
+                assert producer.name in s.upstream and producer.name in seen, (s.name, dep)
+        assert set(s.upstream) <= seen, s.name
+        seen.add(s.name)
+    assert S.upstream_closure(["sft"]) == ["tokenizer", "curate-arithmetic", "curate-shapes", "curate-shapes_vqa",
+                                          "curate-digits", "vq", "pretrain", "sft"]
+    assert S.downstream_closure(["sft"]) == ["sft", "grpo", "evaluate"]
+
+
+def test_params_yaml_is_valid_and_matches_the_stage_paths():
+    p = load_params(REPO / "params.yaml")
+    for stage in ("pretrain", "sft"):
+        cfg = getattr(p, stage)
+        deps = set(S.get_stage(stage).deps)
+        for stream in cfg.data.streams.values():
+            assert set(stream.manifests) <= deps, f"{stage} reads shards that are not its DVC deps"
+        assert cfg.data.image_tokenizer == S.VQ_DIR
+    assert p.pretrain.model.tokenizer == S.TOKENIZER_DIR
+    assert p.sft.model.init == "models:/mmada-tiny@pretrain"
+    for name in S.DATASETS:
+        spec = getattr(p.curate, name)
+        assert spec.output == S.data_dir(name) and spec.tokenizer == S.TOKENIZER_DIR
+    assert p.vq.output_dir == S.VQ_OUTPUT_DIR
+    assert isinstance(p, PipelineParams)
+
+
+def test_bad_params_name_the_field(tmp_path, cli):
+    bad = json.loads(json.dumps(PARAMS))
+    bad["pretrain"]["optim"]["lr"] = -1
+    bad["evaluate"]["math_protocol"] = "vibes"
+    with pytest.raises(ConfigError) as e:
+        validate_params(bad)
+    assert "pretrain.optim.lr" in str(e.value) and "evaluate.math_protocol" in str(e.value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer")
+    assert rc == 2 and "error: params.yaml: pretrain.optim.lr: Input should be greater than 0" in err
+    assert not (tmp_path / "runs").exists()
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer", "--params", "nope.yaml")
+    assert rc == 2 and "mmada pipeline params --write" in err
+
+
+def test_stage_out_of_order_says_what_to_run(tmp_path, cli):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "sft")
+    assert rc == 2
+    assert "stage 'sft' needs runs/pipeline/models/pretrain.json (written by stage 'pretrain')" in err
+    assert "dvc repro pretrain" in err
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "curate-shapes")
+    assert rc == 2 and "needs runs/tokenizer" in err and "--until tokenizer" in err
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "evaluate", "--model-ref", "missing.json")
+    assert rc == 2 and "needs runs/vq/tiny/tokenizer (written by stage 'vq')" in err
+    # an incomplete upstream directory (no completion marker) counts as missing
+    (tmp_path / S.VQ_DIR).mkdir(parents=True)
+    (tmp_path / S.VQ_DIR / "config.json").write_text("{}")
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "evaluate", "--model-ref", "missing.json")
+    assert rc == 2 and "needs runs/vq/tiny/tokenizer" in err and "incomplete" in err
+    (tmp_path / S.VQ_DIR / "model.safetensors").write_bytes(b"")
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "evaluate", "--model-ref", "missing.json")
+    assert rc == 2 and "stage 'evaluate' needs missing.json" in err
+    assert not (tmp_path / "runs" / "pipeline").exists()
+
+
+def test_tracking_server_not_running(tmp_path, cli):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    assert rc == 2
+    assert f"MLflow tracking server at http://127.0.0.1:{port} is not reachable" in err
+    assert "mmada serve" in err and not (tmp_path / "runs").exists()
+
+
+def test_bad_launch_spec_and_not_a_project(tmp_path, cli):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer", "--launch", '{"kind": "slurm", "nodes": 0}')
+    assert rc == 2 and "--launch: kind:" in err and "nodes: Input should be greater than" in err
+    rc, _, err = cli(tmp_path, "pipeline")
+    assert rc == 2 and "not the project root" in err
+    rc, _, err = cli(tmp_path, "pipeline", "stage", "nonsense")
+    assert rc == 2 and "invalid choice" in err
