@@ -34,7 +34,6 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.reporting import PrefectReporter, follow_stage_output
-from mmada.data.specs import CurationSpec  # noqa: F401 - re-exported for the curate deployment's form
 from mmada.errors import MMaDAError
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T

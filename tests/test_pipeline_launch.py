@@ -16,6 +16,14 @@ import pytest
 from mmada.pipeline.launch import LaunchError, LaunchSpec, launch, local_argv, sbatch_script
 
 
+def failing_python(tmp_path: Path, status: int = 3) -> str:
+    """An interpreter stand-in that prints what it was asked to run and exits with ``status``."""
+    exe = tmp_path / "python-fails"
+    exe.write_text(f'#!/bin/bash\necho "running $*"\necho "Traceback: boom" >&2\nexit {status}\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return str(exe)
+
+
 def test_local_launch_streams_output_and_polls(tmp_path):
     lines, polls = [], []
     res = launch(LaunchSpec(poll_seconds=0.2), ["--help"], workdir=tmp_path / "w", job_name="j",
@@ -23,8 +31,9 @@ def test_local_launch_streams_output_and_polls(tmp_path):
     assert res.returncode == 0 and any(ln.startswith("usage: mmada") for ln in lines)
     assert "pipeline" in "\n".join(res.lines) and polls  # the final poll always happens
     with pytest.raises(LaunchError) as e:
-        launch(LaunchSpec(), ["pipeline", "stage", "nonsense"], workdir=tmp_path / "w", job_name="j")
-    assert "exited with status 2" in str(e.value) and "invalid choice: 'nonsense'" in str(e.value)
+        launch(LaunchSpec(python=failing_python(tmp_path)), ["train", "c.yaml"], workdir=tmp_path / "w", job_name="j")
+    assert "`mmada train c.yaml` exited with status 3" in str(e.value)
+    assert "running -m mmada train c.yaml" in str(e.value) and "Traceback: boom" in str(e.value)
 
 
 def test_interrupting_the_watcher_kills_the_job(tmp_path):
@@ -86,13 +95,37 @@ def test_sbatch_path_with_a_fake_sbatch(tmp_path, fake_slurm, monkeypatch):
     assert any(c.startswith("srun ") and c.endswith("-m mmada --help") for c in calls)
     script = (tmp_path / "w" / "mmada-test.sbatch").read_text()
     assert "#SBATCH --partition=debug" in script and "export MMADA_X=1" in script
+    bad = spec.model_copy(update={"python": failing_python(tmp_path)})
     with pytest.raises(LaunchError) as e:
-        launch(spec, ["pipeline", "stage", "nonsense"], workdir=tmp_path / "w", job_name="mmada-bad")
-    assert "SLURM job" in str(e.value) and "failed with status 2" in str(e.value)
-    assert "invalid choice" in str(e.value) and "mmada-bad.log" in str(e.value)
+        launch(bad, ["train", "c.yaml"], workdir=tmp_path / "w", job_name="mmada-bad")
+    assert "SLURM job" in str(e.value) and "failed with status 3" in str(e.value)
+    assert "Traceback: boom" in str(e.value) and "mmada-bad.log" in str(e.value)
 
 
 def test_sbatch_missing_says_where_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LaunchError, match="`sbatch` is not on PATH: run this on a SLURM login node"):
         launch(LaunchSpec(kind="sbatch"), ["--help"], workdir=tmp_path / "w", job_name="j")
+
+
+def test_sigterm_to_the_watcher_stops_the_job(tmp_path):
+    """`kill` of a stage process (or DVC stopping it) must not orphan the training job it launched."""
+    import signal
+    import subprocess
+    import sys
+
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/bash\necho "$$" > {tmp_path}/pid\nexec sleep 300\n')
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+    script = ("import sys; from pathlib import Path; from mmada.pipeline.launch import LaunchSpec, launch\n"
+              f"launch(LaunchSpec(python={str(fake_python)!r}), ['train', 'c.yaml'], workdir=Path({str(tmp_path)!r}),"
+              " job_name='j')\n")
+    watcher = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").is_file():
+        assert time.monotonic() < deadline and watcher.poll() is None
+        time.sleep(0.1)
+    watcher.send_signal(signal.SIGTERM)
+    assert watcher.wait(60) != 0 and "JobCancelled" in watcher.stderr.read()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)

@@ -199,6 +199,9 @@ def _sigterm_cancels():
         return
 
     def handler(signum, frame):
+        if _cancel["defer"]:
+            _cancel["pending"] = signum
+            return
         raise JobCancelled(f"received signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
@@ -206,6 +209,23 @@ def _sigterm_cancels():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_cancel = {"defer": False, "pending": None}
+
+
+@contextlib.contextmanager
+def _cancel_deferred():
+    """A SIGTERM arriving inside this block is raised when it ends (so the caller's handler can
+    kill a job whose handle did not exist yet when the signal came)."""
+    _cancel["defer"], _cancel["pending"] = True, None
+    try:
+        yield
+    finally:
+        _cancel["defer"] = False
+        pending, _cancel["pending"] = _cancel["pending"], None
+        if pending is not None:
+            raise JobCancelled(f"received signal {pending}")
 
 
 def launch(spec: LaunchSpec, module_args: list[str], *, workdir: Path, job_name: str,
@@ -230,22 +250,27 @@ def _launch(spec: LaunchSpec, module_args: list[str], *, workdir: Path, job_name
     argv = local_argv(spec, module_args)
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1, start_new_session=True)
+    proc: subprocess.Popen | None = None
 
     def read() -> None:
-        assert proc.stdout is not None
+        assert proc is not None and proc.stdout is not None
         for line in proc.stdout:
             lines.add(line)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
     try:
+        # a SIGTERM during Popen is raised right after it, here, where the except kills the group
+        with _cancel_deferred():
+            proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                                    start_new_session=True)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         _watch(lambda: proc.poll() is not None, spec.poll_seconds, poll, lines)
         reader.join()
         lines.drain()
     except BaseException:
-        _kill_group(proc)
+        if proc is not None:
+            _kill_group(proc)
         raise
     rc = proc.wait()
     result = LaunchResult(rc, list(lines.tail), command=argv)

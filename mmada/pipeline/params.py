@@ -161,8 +161,8 @@ DEMO_OVERRIDES: dict[str, list[str]] = {
     "curate.shapes_vqa": ["sources.0.n=300", "shards.max_samples=500"],
     "curate.digits": [],
     "vq": ["max_steps=200", "val_every=100", "data.num_train=4096", "data.num_val=128", f"output_dir={VQ_OUTPUT_DIR}"],
-    "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=300", "trainer.val_every_n_steps=300", "optim.warmup_steps=30"],
-    "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=200", "trainer.val_every_n_steps=200", "optim.warmup_steps=20"],
+    "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=250", "trainer.val_every_n_steps=250", "optim.warmup_steps=25"],
+    "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=150", "trainer.val_every_n_steps=150", "optim.warmup_steps=15"],
     "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0", "trainer.max_steps=10",
              "checkpoint.every_n_steps=10"],
 }
