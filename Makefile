@@ -9,8 +9,9 @@ export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export DVC_NO_ANALYTICS ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: demo test lint env clean
+.PHONY: demo ui test lint env clean
 
 env: $(STAMP)
 
@@ -21,8 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The whole tiny pipeline (tokenizer -> curate -> image tokenizer -> pretrain -> SFT -> UniGRPO ->
+# evaluate), the same stages `dvc repro` runs; ends with a summary of outputs and how to open the UIs.
 demo: $(STAMP)
-	$(BIN)/mmada demo
+	$(BIN)/mmada pipeline
+
+# Prefect server + served deployments + MLflow UI on 127.0.0.1 (Ctrl-C stops all three).
+ui: $(STAMP)
+	$(BIN)/mmada serve
 
 # Tests use tiny models: one torch thread per process is fastest and steadiest on 2 cores.
 test: $(STAMP)

@@ -331,3 +331,31 @@ def test_evaluate_math_generates_and_scores(overfit):
     assert report.model.version.startswith("sha256:")
     assert all("response" in r and "extracted" in r for r in rows)
     assert report.metrics["accuracy"] == sum(r["correct"] for r in rows) / 6
+
+
+def test_evaluate_math_prompt_template_and_difficulty_breakdown(overfit):
+    """Asked the way it was trained ('{question}' bare, no chat), the toy model answers every problem;
+    records carrying a difficulty get a per-level accuracy."""
+    from mmada.errors import MMaDAError
+    from mmada.eval.report import SamplerSettings
+    from mmada.eval.runners import evaluate_math
+    from mmada.inference import load_checkpoint
+
+    lm = load_checkpoint(overfit[3], device="cpu")
+    recs = [{"question": q, "answer": a.split()[0], "difficulty": 1 + (i % 2)} for i, (q, a) in enumerate(PAIRS)]
+    sampler = SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=0.0, cfg_scale=0.0,
+                              remasking="low_confidence", seed=0)
+    report, rows = evaluate_math(recs, protocol="gsm8k_flexible", dataset="toy", lm=lm, sampler=sampler,
+                                 chat=False, prompt_template="{question}", batch_size=6)
+    per_level = {k: [r["correct"] for r, rec in zip(rows, recs) if rec["difficulty"] == k] for k in (1, 2)}
+    assert report.metrics["accuracy"] == 1.0, [r["response"] for r in rows]
+    assert report.metrics["accuracy/difficulty_1"] == sum(per_level[1]) / 3 == 1.0
+    assert report.metrics["accuracy/difficulty_2"] == sum(per_level[2]) / 3
+    assert report.details["prompt_template"] == "{question}" and report.details["n_per_difficulty"] == {"1": 3, "2": 3}
+    assert rows[0]["question"] == PAIRS[0][0]
+    # the default lm-eval wrapping changes the prompt the model sees (and so what it answers)
+    _, wrapped = evaluate_math(recs[:2], protocol="gsm8k_flexible", dataset="toy", lm=lm, sampler=sampler,
+                               chat=False, batch_size=2)
+    assert [r["response"] for r in wrapped] != [r["response"] for r in rows[:2]]
+    with pytest.raises(MMaDAError, match="placeholder"):
+        evaluate_math(recs, protocol="gsm8k_flexible", dataset="toy", lm=lm, prompt_template="Q:")

@@ -98,6 +98,12 @@ def test_evaluate_stage_and_dvc_metrics_plots(tiny_project):
     assert ev["model"].startswith("mmada-tiny/")
     assert set(ev) >= {"math", "mmu", "t2i", "recon"} and 0 <= ev["math"]["accuracy"] <= 1
     assert ev["recon"]["psnr"] > 0
+    if grpo_available():  # evaluate.baseline=sft: the model UniGRPO started from, on the same problems
+        sft = json.loads((clone / S.model_ref("sft")).read_text())
+        assert ev["baseline"]["model"] == f"mmada-tiny/{sft['version']}" != ev["model"]
+        assert set(ev["baseline"]) == {"model", "math", "mmu", "t2i"}
+        assert ev["baseline"]["math"].keys() == ev["math"].keys()
+        assert (clone / S.EVAL_DIR / "baseline" / "math_samples.jsonl").is_file()
     ed = clone / S.EVAL_DIR
     assert (ed / "images" / "generated_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (ed / "images" / "reconstructions.png").is_file() and (ed / "math_samples.jsonl").is_file()
@@ -113,6 +119,8 @@ def test_evaluate_stage_and_dvc_metrics_plots(tiny_project):
         assert f"vegaEmbed('#{S.plot_file(stage).replace('/', '_').replace('.', '_')}'" in html, stage
     summary = mmada(clone, "pipeline", "summary").stdout
     assert "Evaluation of mmada-tiny/" in summary and "generated_grid.png" in summary
+    if grpo_available():
+        assert "baseline" in summary and "before UniGRPO" in summary
 
 
 @pytest.mark.skipif(not grpo_available(), reason=GRPO_SKIP)

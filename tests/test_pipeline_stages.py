@@ -160,3 +160,25 @@ def test_bad_launch_spec_and_not_a_project(tmp_path, cli):
     assert rc == 2 and "not the project root" in err
     rc, _, err = cli(tmp_path, "pipeline", "stage", "nonsense")
     assert rc == 2 and "invalid choice" in err
+
+
+def test_eval_rows_and_summary_compare_against_the_sft_baseline():
+    from mmada.pipeline.steps import _eval_md, eval_rows
+    from mmada.pipeline.summary import render
+
+    res = {"model": "mmada-tiny/3", "math": {"accuracy": 0.25, "no_answer_rate": 0.0},
+           "recon": {"psnr": 30.0},
+           "baseline": {"model": "mmada-tiny/2", "math": {"accuracy": 0.125, "no_answer_rate": 0.5}}}
+    rows = eval_rows(res)
+    assert rows[0] == {"suite": "math", "metric": "accuracy", "value": 0.25, "baseline": 0.125, "delta": 0.125}
+    assert rows[1]["delta"] == -0.5
+    assert rows[2] == {"suite": "recon", "metric": "psnr", "value": 30.0, "baseline": None, "delta": None}
+    assert eval_rows({"model": "m", "math": {"accuracy": 0.5}}) == [{"suite": "math", "metric": "accuracy",
+                                                                       "value": 0.5}]
+    md = _eval_md(res, Path("runs/pipeline/eval"))
+    assert "| math | accuracy | 0.25 | 0.125 | 0.125 |" in md and "| recon | psnr | 30 | – | – |" in md
+    info = {"datasets": [], "tokenizer": None, "vq": None, "registry": {}, "refs": {}, "eval": res,
+            "missing": [], "tracking_uri": "sqlite:///x.db"}
+    text = render(info, Path("/nonexistent"))
+    assert "  math    accuracy                       0.2500    0.1250   +0.1250" in text
+    assert "(baseline: mmada-tiny/2 = @sft, before UniGRPO)" in text

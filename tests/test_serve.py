@@ -193,7 +193,7 @@ def test_mlflow_rest_after_the_pipeline(served):
     base = f"{served['mlflow']}/api/2.0/mlflow"
     exps = {e["name"]: e["experiment_id"] for e in get_json(f"{base}/experiments/search", {"max_results": 100})
             ["experiments"]}
-    assert {"vq-tokenizer", "mmada-pretrain", "mmada-sft", "mmada-eval"} <= set(exps)
+    assert {"vq-tokenizer", "mmada-pretrain", "mmada-sft", "mmada-grpo", "mmada-eval"} <= set(exps)
     runs = get_json(f"{base}/runs/search", {"experiment_ids": [exps["mmada-pretrain"]]})["runs"]
     run = runs[0]
     assert run["info"]["status"] == "FINISHED"
@@ -203,9 +203,12 @@ def test_mlflow_rest_after_the_pipeline(served):
     assert tags["pipeline.stage"] == "pretrain" and "data.lm.arithmetic" in tags and tags["git_commit"]
     model = get_json(f"{base}/registered-models/get?name=mmada-tiny")["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model["aliases"]}
-    assert {"pretrain", "sft"} <= set(aliases)
+    assert {"pretrain", "sft", "grpo"} <= set(aliases)
     versions = get_json(f"{base}/model-versions/search?filter=name%3D%27mmada-tiny%27")["model_versions"]
     assert len(versions) >= 3 and all(v["source"].startswith("runs:/") for v in versions)
+    grpo = next(v for v in versions if v["version"] == aliases["grpo"])
+    vtags = {t["key"]: t["value"] for t in grpo.get("tags", [])}
+    assert vtags.get("parent_model_version") == f"mmada-tiny/{aliases['sft']}", vtags
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess:

@@ -49,7 +49,7 @@ def test_overrides_and_errors_name_the_field():
                                    "loss.coeffs={t2i: 1.0, lm: 0.5, mmu: 0.25}", "samples.prompts=[hi]"])
     assert cfg.optim.lr == 3e-4 and cfg.data.streams["t2i"].batch_size == 2 and cfg.trainer.devices == 2
     assert cfg.coeffs == {"t2i": 1.0, "lm": 0.5, "mmu": 0.25} and cfg.samples.prompts == ["hi"]
-    assert load_train_config(path).coeffs == STAGE_COEFFS["pretrain"]
+    assert load_train_config(path).coeffs == {**STAGE_COEFFS["pretrain"], "lm": 1.0}  # tiny: text from scratch
     cases = {
         "optim.lr=-1": r"optim\.lr: Input should be greater than 0",
         "trainer.precision=fp8": r"trainer\.precision: Input should be",

@@ -116,7 +116,7 @@ def _finish(args, report, *, rows=None, images: dict | None = None) -> int:
 
 
 def _math(args) -> int:
-    from mmada.eval.runners import evaluate_math, load_records
+    from mmada.eval.runners import LM_EVAL_TEMPLATE, evaluate_math, load_records
 
     recs = load_records(args.data, n=args.n + args.num_fewshot if args.n is not None else None, seed=args.data_seed)
     fewshot, recs = recs[: args.num_fewshot], recs[args.num_fewshot :]
@@ -127,7 +127,8 @@ def _math(args) -> int:
         recs, protocol=args.protocol, dataset=args.data, lm=lm, sampler=_text_sampler(args),
         num_fewshot=args.num_fewshot, fewshot_records=fewshot, question_field=args.question_field,
         answer_field=args.answer_field, response_field=args.response_field, match=args.match,
-        chat=not args.no_chat, batch_size=args.batch_size, model_ref=ref,
+        chat=not args.no_chat, think=args.think, prompt_template=args.prompt_template or LM_EVAL_TEMPLATE,
+        batch_size=args.batch_size, model_ref=ref,
     )
     return _finish(args, report, rows=rows)
 
@@ -268,6 +269,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--answer-field", default="answer")
     p.add_argument("--response-field", default="response", help="field holding responses when no --checkpoint")
     p.add_argument("--no-chat", action="store_true", help="raw prompt continuation instead of the chat template")
+    p.add_argument("--prompt-template", default=None,
+                   help="the question prompt, with {question}; default lm-eval's 'Question: {question}\\nAnswer:'. "
+                        "'{question}' alone asks it as the curated reasoning data does")
+    p.add_argument("--think", action="store_true",
+                   help="prepend MMaDA's <think> reasoning instruction to the user turn (as in reasoning SFT data)")
     _add_model(p)
     _add_output(p)
     p.set_defaults(func=_math)

@@ -126,6 +126,10 @@ def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int
 # math
 
 
+LM_EVAL_TEMPLATE = "Question: {question}\nAnswer:"
+"""lm-eval's gsm8k prompt (the default of :func:`evaluate_math`)."""
+
+
 def fewshot_prefix(examples: Sequence[Mapping], question_field: str, answer_field: str) -> str:
     """lm-eval gsm8k style: ``Question: …\\nAnswer: …\\n\\n`` per example (``solution`` wins over the answer)."""
     return "".join(
@@ -147,15 +151,22 @@ def evaluate_math(
     response_field: str = "response",
     match: str | None = None,
     chat: bool = True,
+    think: bool = False,
+    prompt_template: str = LM_EVAL_TEMPLATE,
     batch_size: int = 8,
     model_ref: ModelRef | None = None,
 ) -> tuple[EvalReport, list[dict]]:
     """Math accuracy under ``protocol``; generates with ``lm`` (a ``LoadedModel``) or scores ``response_field``.
 
     Prompts: ``num_fewshot`` examples from ``fewshot_records`` in lm-eval's ``Question:/Answer:``
-    format, then ``Question: {q}\\nAnswer:``; with ``chat`` the whole prompt is the user turn of the
-    chat template. Generations are cut at lm-eval's gsm8k stop strings.
+    format, then ``prompt_template`` (lm-eval's ``Question: {question}\\nAnswer:`` by default; ``{question}``
+    alone asks the bare question, as the curated reasoning data does); with ``chat`` the whole prompt is
+    the user turn of the chat template, and ``think`` prepends MMaDA's reasoning instruction to it.
+    Generations are cut at lm-eval's gsm8k stop strings. Records with a ``difficulty`` (the built-in
+    arithmetic) also get ``accuracy/difficulty_<k>``.
     """
+    if "{question}" not in prompt_template:
+        raise MMaDAError(f"prompt_template {prompt_template!r} must contain the placeholder {{question}}")
     if protocol not in PROTOCOLS:
         raise MMaDAError(f"unknown answer protocol {protocol!r}; expected one of {PROTOCOLS}")
     if num_fewshot > len(fewshot_records):
@@ -172,11 +183,11 @@ def evaluate_math(
         prefix = fewshot_prefix(fewshot_records[:num_fewshot], question_field, answer_field)
         for i in range(0, len(recs), batch_size):
             chunk = recs[i : i + batch_size]
-            prompts = [f"{prefix}Question: {r[question_field]}\nAnswer:" for r in chunk]
+            prompts = [prefix + prompt_template.replace("{question}", str(r[question_field])) for r in chunk]
             outs = generate_answers(
                 lm, prompts, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
                 temperature=s.temperature or 0.0, cfg_scale=s.cfg_scale or 0.0,
-                remasking=s.remasking or "low_confidence", chat=chat, seed=(s.seed or 0) + i,
+                remasking=s.remasking or "low_confidence", chat=chat, think=think, seed=(s.seed or 0) + i,
                 cache=s.cache or "none", threshold=s.threshold,
             )
             for r, o in zip(chunk, outs, strict=True):
@@ -190,11 +201,19 @@ def evaluate_math(
     )
     for row, r in zip(rows, recs, strict=True):
         row["response"] = r[response_field]
+        row.setdefault("question", r.get(question_field))
+    out = {"accuracy": metrics["accuracy"], "no_answer_rate": metrics["no_answer_rate"]}
+    levels: dict[int, list[bool]] = {}
+    for row, r in zip(rows, recs, strict=True):
+        if isinstance(r.get("difficulty"), int):
+            levels.setdefault(r["difficulty"], []).append(bool(row["correct"]))
+    out |= {f"accuracy/difficulty_{k}": sum(v) / len(v) for k, v in sorted(levels.items())}
     report = EvalReport(
         suite="math", protocol=protocol, dataset=dataset, n=metrics["n"], num_fewshot=num_fewshot,
-        model=model_ref or ModelRef(), sampler=sampler,
-        metrics={"accuracy": metrics["accuracy"], "no_answer_rate": metrics["no_answer_rate"]},
-        details={"match": match, "chat": chat if lm is not None else None},
+        model=model_ref or ModelRef(), sampler=sampler, metrics=out,
+        details={"match": match, "chat": chat if lm is not None else None,
+                 "think": think if lm is not None else None, "prompt_template": prompt_template,
+                 "n_per_difficulty": {str(k): len(v) for k, v in sorted(levels.items())}},
     )
     return report, rows
 

@@ -4,7 +4,7 @@
     mmada pipeline stage NAME                   # one stage (what dvc.yaml's commands call)
     mmada pipeline summary                      # shards, registered versions, eval table, samples, UIs
     mmada pipeline generate [--check]           # dvc.yaml from mmada/pipeline/stages.py
-    mmada pipeline params [--write|--check]     # params.yaml from configs/ + demo sizes
+    mmada pipeline params [--write [--profile full]|--check]  # params.yaml from configs/ + demo sizes
     mmada serve                                 # Prefect server + served deployments + MLflow UI (Ctrl-C stops)
 """
 
@@ -79,7 +79,7 @@ def _params(args: argparse.Namespace) -> int:
     from mmada.pipeline.params import default_params, dump_params, load_params, write_params
 
     if args.write:
-        print(f"wrote {write_params(default_params(), args.params)}")
+        print(f"wrote {write_params(default_params(profile=args.profile), args.params)} ({args.profile} sizes)")
     elif args.check:
         load_params(args.params)
         print(f"{args.params} is valid")
@@ -133,6 +133,8 @@ def register(subparsers) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="regenerate from configs/ and data_specs/ + demo sizes")
     g.add_argument("--check", action="store_true", help="validate and report the first bad field")
+    s.add_argument("--profile", choices=["demo", "full"], default="demo",
+                   help="with --write: demo sizes (~12 min on 2 CPU cores) or the configs' own sizes (full, ~1 h)")
     s.set_defaults(func=_params)
 
     for name in ("serve", "ui"):

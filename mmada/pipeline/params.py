@@ -52,9 +52,15 @@ class EvalParams(_Strict):
     math_n: int = Field(64, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
     math_protocol: Literal["gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag"] = Field(
         "gsm8k_flexible", description="Answer-extraction protocol of the math suite.")
+    math_prompt: Literal["reasoning", "lm_eval"] = Field(
+        "reasoning", description="reasoning: the bare question after MMaDA's <think> instruction, as in the curated "
+        "SFT data and UniGRPO prompts; lm_eval: lm-eval's 'Question: ...\\nAnswer:' wrapping.")
     mmu_n: int = Field(16, ge=0, le=10000, description="Shapes scenes whose VQA questions are asked (0: skip).")
     t2i_n: int = Field(32, ge=0, le=10000, description="Shapes captions to generate images for (0: skip).")
     recon_n: int = Field(32, ge=0, le=10000, description="Images reconstructed by the image tokenizer (0: skip).")
+    baseline: Literal["sft", "none"] = Field(
+        "sft", description="sft: also evaluate the @sft model UniGRPO started from (same problems, same sampler), "
+        "so the table shows what UniGRPO changed; none: only the evaluated model.")
     data_seed: int = Field(4242, description="Seed of the held-out built-in problems/scenes (training used seeds 0/1).")
     text_steps: int = Field(32, ge=1, le=1024, description="Text diffusion sampler steps.")
     gen_length: int = Field(64, ge=8, le=2048, description="Generated answer tokens.")
@@ -160,12 +166,26 @@ DEMO_OVERRIDES: dict[str, list[str]] = {
     "curate.shapes": ["sources.0.n=1000", "shards.max_samples=500"],
     "curate.shapes_vqa": ["sources.0.n=300", "shards.max_samples=500"],
     "curate.digits": [],
-    "vq": ["max_steps=200", "val_every=100", "data.num_train=4096", "data.num_val=128", f"output_dir={VQ_OUTPUT_DIR}"],
-    "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=250", "trainer.val_every_n_steps=250", "optim.warmup_steps=25"],
-    "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=150", "trainer.val_every_n_steps=150", "optim.warmup_steps=15"],
-    "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0", "trainer.max_steps=10",
-             "checkpoint.every_n_steps=10"],
+    "vq": ["max_steps=600", "val_every=600", "data.num_train=4096", "data.num_val=128", f"output_dir={VQ_OUTPUT_DIR}"],
+    "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=400", "trainer.val_every_n_steps=400", "optim.warmup_steps=30"],
+    "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=250", "trainer.val_every_n_steps=250", "optim.warmup_steps=20"],
+    "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0", "trainer.max_steps=8",
+             "checkpoint.every_n_steps=8", "grpo.num_generations=4"],
 }
+"""Sizes that keep ``make demo`` (the whole pipeline) within ~12 minutes on 2 CPU cores."""
+
+FULL_OVERRIDES: dict[str, list[str]] = {
+    **{f"curate.{n}": [] for n in DATASETS},
+    "vq": [f"output_dir={VQ_OUTPUT_DIR}"],
+    "pretrain": [*_TRAIN_COMMON, "checkpoint.every_n_steps=200"],
+    "sft": [*_TRAIN_COMMON[1:], "checkpoint.every_n_steps=200"],
+    "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0"],
+}
+"""The repository's configs and data specs as they are (only the pipeline's paths set): about an hour on
+2 CPU cores, and the sizes behind the numbers quoted in the README."""
+
+PROFILES = {"demo": DEMO_OVERRIDES, "full": FULL_OVERRIDES}
+
 
 BASE_CONFIGS = {
     "vq": "configs/vq/tiny.yaml",
@@ -175,8 +195,12 @@ BASE_CONFIGS = {
 }
 
 
-def default_params(root: str | Path = ".") -> PipelineParams:
-    """The tiny pipeline's parameters built from the repository's configs and :data:`DEMO_OVERRIDES`."""
+def default_params(root: str | Path = ".", profile: str = "demo") -> PipelineParams:
+    """The tiny pipeline's parameters: the repository's configs and data specs with the ``profile``'s
+    overrides (:data:`DEMO_OVERRIDES` or :data:`FULL_OVERRIDES`)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown params profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    overrides = PROFILES[profile]
     from mmada.data.specs import load_spec
     from mmada.training.config import load_train_config
     from mmada.vq.config import load_train_config as load_vq_config
@@ -185,13 +209,13 @@ def default_params(root: str | Path = ".") -> PipelineParams:
     curate = {}
     for name in DATASETS:
         spec = load_spec(root / f"data_specs/{name}.yaml",
-                         [*DEMO_OVERRIDES[f"curate.{name}"], f"tokenizer={TOKENIZER_DIR}", f"output={data_dir(name)}"])
+                         [*overrides[f"curate.{name}"], f"tokenizer={TOKENIZER_DIR}", f"output={data_dir(name)}"])
         curate[name] = spec
-    vq = load_vq_config(root / BASE_CONFIGS["vq"], DEMO_OVERRIDES["vq"])
-    train = {s: load_train_config(root / BASE_CONFIGS[s], DEMO_OVERRIDES[s]) for s in ("pretrain", "sft")}
+    vq = load_vq_config(root / BASE_CONFIGS["vq"], overrides["vq"])
+    train = {s: load_train_config(root / BASE_CONFIGS[s], overrides[s]) for s in ("pretrain", "sft")}
     grpo = None
     if grpo_available() and (root / BASE_CONFIGS["grpo"]).is_file():
-        grpo = load_train_config(root / BASE_CONFIGS["grpo"], DEMO_OVERRIDES["grpo"])
+        grpo = load_train_config(root / BASE_CONFIGS["grpo"], overrides["grpo"])
     return PipelineParams(tokenizer=TokenizerParams(), curate=CurateParams(**curate), vq=vq, grpo=grpo, **train)
 
 
@@ -200,7 +224,8 @@ PARAMS_HEADER = """\
 # `pipeline` deployment shows them as a form). Each section is that stage's typed config:
 #   tokenizer: TokenizerParams   curate.*: CurationSpec   vq: VQTrainConfig
 #   pretrain / sft / grpo: TrainConfig   evaluate: EvalParams        (see mmada/pipeline/params.py)
-# Regenerate from configs/ and data_specs/ with `mmada pipeline params --write`.
+# Regenerate from configs/ and data_specs/ with `mmada pipeline params --write` (demo sizes, ~12 min on
+# 2 CPU cores) or `mmada pipeline params --write --profile full` (the configs' own sizes, about an hour).
 # Sweep:  dvc exp run -S pretrain.optim.lr=0.0005 -S sft.trainer.max_steps=200
 """
 

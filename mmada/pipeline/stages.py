@@ -134,9 +134,10 @@ def _build() -> list[Stage]:
         upstream=("sft", "curate-arithmetic", "curate-shapes_vqa", "curate-shapes", "vq"),
         extra={"init_from": "sft"}))
     stages.append(Stage(
-        "evaluate", "evaluate", "Evaluate @grpo: math, image understanding, text-to-image, tokenizer reconstructions",
-        params=("evaluate",), deps=(model_ref("grpo"), VQ_DIR, "mmada/eval"),
-        refs=(EVAL_DIR,), metrics=(metrics_file("eval"),), upstream=("grpo", "vq"), extra={"model_from": "grpo"}))
+        "evaluate", "evaluate", "Evaluate @grpo (and the @sft it started from): math, image understanding, text-to-image, tokenizer "
+        "reconstructions",
+        params=("evaluate",), deps=(model_ref("grpo"), model_ref("sft"), VQ_DIR, "mmada/eval"),
+        refs=(EVAL_DIR,), metrics=(metrics_file("eval"),), upstream=("sft", "grpo", "vq"), extra={"model_from": "grpo"}))
     return stages
 
 

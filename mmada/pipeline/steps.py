@@ -392,8 +392,32 @@ def _mmada(argv: list[str]) -> str:
     return buf.getvalue()
 
 
+def _eval_suites(p: EvalParams, image_tokenizer: str, model_suites: bool = True,
+                 recon: bool = True) -> list[tuple[str, list[str]]]:
+    """The ``mmada eval`` commands of the stage (without the model/output arguments)."""
+    text = ["--steps", str(p.text_steps), "--gen-length", str(p.gen_length), "--block-length", str(p.block_length)]
+    math_prompt = ["--prompt-template", "{question}", "--think"] if p.math_prompt == "reasoning" else []
+    suites: list[tuple[str, list[str]]] = []
+    if model_suites:
+        suites.append(("math", ["eval", "math", "--data", "builtin:arithmetic", "--n", str(p.math_n), "--data-seed",
+                                str(p.data_seed), "--protocol", p.math_protocol, *math_prompt, *text]))
+        if p.mmu_n:
+            suites.append(("mmu", ["eval", "mmu", "--data", "builtin:shapes", "--n", str(p.mmu_n), "--data-seed",
+                                   str(p.data_seed), "--image-tokenizer", image_tokenizer, *text]))
+        if p.t2i_n:
+            suites.append(("t2i", ["eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n",
+                                   str(p.t2i_n), "--data-seed", str(p.data_seed), "--image-tokenizer", image_tokenizer,
+                                   "--steps", str(p.image_steps), "--guidance-scale", str(p.guidance_scale)]))
+    if recon and p.recon_n:
+        suites.append(("recon", ["eval", "recon", "--data", "builtin:shapes", "--n", str(p.recon_n), "--data-seed",
+                                 str(p.data_seed), "--image-tokenizer", image_tokenizer]))
+    return suites
+
+
 def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, image_tokenizer: str = S.VQ_DIR,
                  producer: str = "grpo") -> dict[str, Any]:
+    """Evaluate the referenced model; with ``p.baseline == "sft"`` (and a @grpo model) also the @sft model it
+    started from, on the same problems and sampler settings, under ``results["baseline"]``."""
     from mmada.tracking.registry import resolve_model
 
     if p.gen_length % p.block_length:
@@ -401,42 +425,41 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
                           f"({p.block_length})")
     ref = T.read_ref(model_ref_path, producer=producer, needed_by="evaluate")
     _check_version(ctx.tracking_uri, ref, model_ref_path, producer)
-    model_uri = T.ref_model_uri(ref)
-    label = f"{ref['registered_model']}/{ref['version']}"
-    ctx.reporter.progress(0.0, f"fetching {model_uri}")
-    ckpt, _ = resolve_model(model_uri, tracking_uri=ctx.tracking_uri, cache_dir=Path(S.PIPELINE_DIR) / "cache")
+    models: list[tuple[str, dict[str, Any], Path]] = [("", ref, model_ref_path)]
+    base_path = Path(S.model_ref("sft"))
+    if p.baseline == "sft" and producer == "grpo":
+        base = T.read_ref(base_path, producer="sft", needed_by="evaluate (evaluate.baseline=sft)")
+        _check_version(ctx.tracking_uri, base, base_path, "sft")
+        models.append(("baseline", base, base_path))
+    plan = [(key, r, s) for key, r, _ in models
+            for s in _eval_suites(p, image_tokenizer, recon=not key)]
     target = ctx.outputs.eval_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".eval.", dir=target.parent))
-    common = ["--checkpoint", str(ckpt), "--model-version", label, "--tracking-uri", ctx.tracking_uri,
-              "--batch-size", str(p.batch_size)]
-    text = ["--steps", str(p.text_steps), "--gen-length", str(p.gen_length), "--block-length", str(p.block_length)]
-    suites: list[tuple[str, list[str]]] = [
-        ("math", ["eval", "math", "--data", "builtin:arithmetic", "--n", str(p.math_n), "--data-seed",
-                  str(p.data_seed), "--protocol", p.math_protocol, *common, *text]),
-    ]
-    if p.mmu_n:
-        suites.append(("mmu", ["eval", "mmu", "--data", "builtin:shapes", "--n", str(p.mmu_n), "--data-seed",
-                               str(p.data_seed), "--image-tokenizer", image_tokenizer, *common, *text]))
-    if p.t2i_n:
-        suites.append(("t2i", ["eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n", str(p.t2i_n),
-                               "--data-seed", str(p.data_seed), "--image-tokenizer", image_tokenizer, "--steps",
-                               str(p.image_steps), "--guidance-scale", str(p.guidance_scale), *common]))
-    if p.recon_n:
-        suites.append(("recon", ["eval", "recon", "--data", "builtin:shapes", "--n", str(p.recon_n), "--data-seed",
-                                 str(p.data_seed), "--image-tokenizer", image_tokenizer, "--tracking-uri",
-                                 ctx.tracking_uri]))
-    results: dict[str, Any] = {"model": label}
+    results: dict[str, Any] = {"model": f"{ref['registered_model']}/{ref['version']}"}
     try:
-        for i, (suite, argv) in enumerate(suites):
-            ctx.reporter.progress(i / len(suites), f"{suite} on {label}")
-            argv = [*argv, "--out", str(tmp / f"{suite}.json"), "--images-dir", str(tmp / "images"),
-                    "--run-name", f"eval-{suite}-{label.replace('/', '-v')}"]
+        ckpts: dict[str, Path] = {}
+        for i, (key, r, (suite, argv)) in enumerate(plan):
+            label = f"{r['registered_model']}/{r['version']}"
+            model_uri = T.ref_model_uri(r)
+            if label not in ckpts:
+                ctx.reporter.progress(i / len(plan), f"fetching {model_uri}")
+                ckpts[label], _ = resolve_model(model_uri, tracking_uri=ctx.tracking_uri,
+                                                cache_dir=Path(S.PIPELINE_DIR) / "cache")
+            ctx.reporter.progress(i / len(plan), f"{suite} on {label}" + (f" ({key})" if key else ""))
+            folder = tmp / key if key else tmp
+            folder.mkdir(exist_ok=True)
+            argv = [*argv, "--tracking-uri", ctx.tracking_uri, "--out", str(folder / f"{suite}.json"),
+                    "--images-dir", str(folder / "images"), "--run-name", f"eval-{suite}-{label.replace('/', '-v')}"]
             if suite != "recon":
-                argv += ["--samples-out", str(tmp / f"{suite}_samples.jsonl")]
+                argv += ["--checkpoint", str(ckpts[label]), "--model-version", label, "--batch-size",
+                         str(p.batch_size), "--samples-out", str(folder / f"{suite}_samples.jsonl")]
             out = _mmada(argv)
-            report = json.loads((tmp / f"{suite}.json").read_text())
-            results[suite] = report["metrics"]
+            report = json.loads((folder / f"{suite}.json").read_text())
+            if key:
+                results.setdefault(key, {"model": label})[suite] = report["metrics"]
+            else:
+                results[suite] = report["metrics"]
             rid = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("mlflow run:")), None)
             if rid:
                 T.set_tags(ctx.tracking_uri, rid, {**lineage("evaluate", p), **ctx.tags, "pipeline.model": model_uri})
@@ -447,11 +470,28 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write_json_atomic(ctx.outputs.metrics("eval"), results)
-    ctx.reporter.table([{"suite": s, "metric": k, "value": v} for s, m in results.items() if isinstance(m, dict)
-                        for k, v in m.items()], f"Evaluation of {label}")
+    ctx.reporter.table(eval_rows(results), f"Evaluation of {results['model']}")
     ctx.reporter.markdown(_eval_md(results, target), "evaluation summary")
-    ctx.reporter.progress(1.0, f"{len(suites)} suites -> {ctx.outputs.metrics('eval')}")
+    ctx.reporter.progress(1.0, f"{len(plan)} evaluations -> {ctx.outputs.metrics('eval')}")
     return results
+
+
+def eval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """``suite, metric, value`` rows of the evaluated model, plus ``baseline`` and ``delta`` where the
+    baseline (@sft) was evaluated too."""
+    base = results.get("baseline") or {}
+    rows = []
+    for suite, m in results.items():
+        if suite == "baseline" or not isinstance(m, dict):
+            continue
+        for k, v in m.items():
+            row: dict[str, Any] = {"suite": suite, "metric": k, "value": v}
+            b = (base.get(suite) or {}).get(k)
+            if base:
+                row["baseline"] = b
+                row["delta"] = v - b if isinstance(v, (int, float)) and isinstance(b, (int, float)) else None
+            rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,7 +499,7 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _metrics_md(title: str, metrics: dict[str, Any], url: str, extra: list[str] | None = None) -> str:
@@ -493,10 +533,16 @@ def _train_md(stage: str, ref: dict[str, Any], metrics: dict[str, Any], url: str
 
 
 def _eval_md(results: dict[str, Any], folder: Path) -> str:
-    lines = [f"### Evaluation of {results['model']}", "", "| suite | metric | value |", "|---|---|---|"]
-    for s, m in results.items():
-        if isinstance(m, dict):
-            lines += [f"| {s} | {k} | {_fmt(v)} |" for k, v in m.items()]
+    base = results.get("baseline")
+    head = f"### Evaluation of {results['model']}"
+    if base:
+        head += f" (baseline: {base['model']}, the @sft model UniGRPO started from)"
+        lines = [head, "", "| suite | metric | value | baseline | delta |", "|---|---|---|---|---|"]
+        lines += [f"| {r['suite']} | {r['metric']} | {_fmt(r['value'])} | {_fmt(r['baseline'])} | {_fmt(r['delta'])} |"
+                  for r in eval_rows(results)]
+    else:
+        lines = [head, "", "| suite | metric | value |", "|---|---|---|"]
+        lines += [f"| {r['suite']} | {r['metric']} | {_fmt(r['value'])} |" for r in eval_rows(results)]
     lines += ["", f"Samples and images: `{folder}`"]
     return "\n".join(lines)
 
@@ -510,7 +556,7 @@ def run_stage(name: str, params: PipelineParams, ctx: StageContext | None = None
     """Run one stage of the pipeline with ``params`` (``model_ref`` overrides what ``evaluate`` evaluates)."""
     stage = S.get_stage(name)
     ctx = ctx or StageContext.create(ConsoleReporter(name))
-    skip = {S.model_ref("grpo")} if (name == "evaluate" and model_ref) else set()
+    skip = {S.model_ref("grpo"), S.model_ref("sft")} if (name == "evaluate" and model_ref) else set()
     check_upstream(stage, skip=skip)
     if stage.kind == "tokenizer":
         return run_tokenizer(params.tokenizer, ctx)

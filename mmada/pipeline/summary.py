@@ -35,6 +35,14 @@ def _first_jsonl(path: Path, n: int) -> list[dict]:
     return rows
 
 
+def _num(v: Any, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:+.4f}" if signed else f"{v:.4f}"
+    return str(v)
+
+
 def _short(text: Any, n: int = 90) -> str:
     s = " ".join(str(text).split())
     return s if len(s) <= n else s[: n - 1] + "…"
@@ -104,13 +112,20 @@ def render(info: dict[str, Any], root: str | Path = ".") -> str:
                          f"{ref.get('global_step')} steps)")
     ev = info["eval"]
     if ev:
+        from mmada.pipeline.steps import eval_rows
+
+        base = ev.get("baseline")
         lines.append(f"Evaluation of {ev.get('model')} ({S.metrics_file('eval')}):")
-        lines.append(f"  {'suite':<7} {'metric':<28} value")
-        for suite, m in ev.items():
-            if isinstance(m, dict):
-                for k, v in m.items():
-                    val = f"{v:.4f}" if isinstance(v, float) else str(v)
-                    lines.append(f"  {suite:<7} {k:<28} {val}")
+        if base:
+            lines.append(f"  {'suite':<7} {'metric':<28} {'value':>8}  {'baseline':>8}  {'delta':>8}"
+                         f"   (baseline: {base.get('model')} = @sft, before UniGRPO)")
+        else:
+            lines.append(f"  {'suite':<7} {'metric':<28} {'value':>8}")
+        for r in eval_rows(ev):
+            row = f"  {r['suite']:<7} {r['metric']:<28} {_num(r['value']):>8}"
+            if base:
+                row += f"  {_num(r['baseline']):>8}  {_num(r['delta'], signed=True):>8}"
+            lines.append(row)
         ed = root / S.EVAL_DIR
         lines.append("Sample outputs:")
         for row in _first_jsonl(ed / "math_samples.jsonl", 3):
