@@ -34,8 +34,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="run a training stage (pretrain / sft) from a config",
-                              description="Run a training stage (pretrain / sft) from a typed config.")
+    p = subparsers.add_parser("train", help="run a training stage (pretrain / sft / grpo) from a config",
+                              description="Run a training stage (pretrain / sft / grpo) from a typed config.")
     p.add_argument("config", help="training config YAML (configs/train/*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.lr=3e-4 --set trainer.devices=8")

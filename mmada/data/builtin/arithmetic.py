@@ -21,7 +21,7 @@ ITEMS = ["apples", "books", "coins", "pens", "stamps", "shells", "marbles", "car
 _PHRASES = {
     "add": ["buys {n} more {x}", "finds {n} more {x}", "gets {n} {x} from a friend", "wins {n} {x}"],
     "sub": ["gives away {n} {x}", "loses {n} {x}", "sells {n} {x}", "uses {n} {x}"],
-    "mul": ["doubles the pile {n} times over", "ends up with {n} times as many {x}"],
+    "mul": ["multiplies the pile by {n}", "ends up with {n} times as many {x}"],
     "div": ["shares the {x} equally among {n} friends and keeps one share"],
 }
 MAX_DIFFICULTY = 5
