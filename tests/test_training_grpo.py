@@ -54,10 +54,24 @@ def grpo_config(data, out: Path, uri: str, steps: int = 4) -> dict:
     return cfg
 
 
-def test_grpo_stage_registers_a_grpo_version_with_lineage(data, sft_parent, tmp_path):
+def test_grpo_stage_registers_a_grpo_version_with_lineage(data, sft_parent, tmp_path, monkeypatch):
+    import mmada.training.grpo as grpo_mod
+
+    seen: dict[str, list[float]] = {"t2i": [], "text": []}
+    for name, key in (("rollout_t2i", "t2i"), ("rollout_text", "text")):
+        real = getattr(grpo_mod, name)
+
+        def spy(*a, _real=real, _key=key, **kw):
+            seen[_key].append(kw["temperature"])
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(grpo_mod, name, spy)
     uri, parent = sft_parent
-    res = train(load_train_config(grpo_config(data, tmp_path / "grpo", uri)))
+    cfg = grpo_config(data, tmp_path / "grpo", uri)
+    cfg["grpo"]["t2i_temperature"] = 0.5  # images sampled at their own temperature, text at grpo.temperature
+    res = train(load_train_config(cfg))
     assert res.global_step == 4
+    assert seen["t2i"] == [0.5, 0.5] and seen["text"] and set(seen["text"]) == {GRPO["temperature"]}
     client = MlflowClient(uri)
     mv = client.get_model_version_by_alias("mmada-test", "grpo")
     assert str(mv.version) == res.model_version and int(mv.version) > int(parent.model_version)

@@ -36,7 +36,7 @@ class GRPOConfig(BaseModel):
     epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip range (lower, and upper unless epsilon_high)")
     epsilon_high: float | None = Field(None, gt=0.0, description="separate upper clip range (DAPO-style)")
     num_iterations: int = Field(1, ge=1, description="policy updates per rollout (μ)")
-    temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the rollouts")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the text (and MMU) rollouts")
     reward_funcs: list[str] = Field(
         default_factory=lambda: ["math_correctness", "format"],
         description="registered reward names or 'module:function' paths",
@@ -60,6 +60,9 @@ class GRPOConfig(BaseModel):
     threshold: float | None = Field(None, gt=0.0, description="confidence-threshold parallel decoding (None: off)")
     t2i_steps: int = Field(12, ge=1, description="MaskGIT steps for t2i rollouts")
     guidance_scale: float = Field(0.0, ge=0.0, description="CFG scale for t2i rollouts")
+    t2i_temperature: float | None = Field(
+        None, ge=0.0, description="MaskGIT sampling temperature of the t2i rollouts (None: `temperature`); image "
+        "sampling is usually run at 1.0 while a small model's text needs a lower temperature")
 
     def sampler_kwargs(self) -> dict:
         """Fast-sampling options for ``generate_text`` (defaults = the plain sampler)."""

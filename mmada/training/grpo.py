@@ -219,7 +219,9 @@ class GRPOModule(MMaDAModule):
                                 num_image_tokens=self.model_config.num_vq_tokens,
                                 codebook_size=self.model_config.codebook_size,
                                 max_text_len=self.cfg.data.streams[task].max_text_len, steps=g.t2i_steps,
-                                guidance_scale=g.guidance_scale, temperature=g.temperature, generator=gen)
+                                guidance_scale=g.guidance_scale,
+                                temperature=g.temperature if g.t2i_temperature is None else g.t2i_temperature,
+                                generator=gen)
                 prompts, cols = caps, {"caption": caps, "metadata": [x["metadata"] for x in recs],
                                        "label": [x["label"] for x in recs], "task": [task] * len(recs)}
             else:
