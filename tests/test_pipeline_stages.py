@@ -182,3 +182,27 @@ def test_eval_rows_and_summary_compare_against_the_sft_baseline():
     text = render(info, Path("/nonexistent"))
     assert "  math    accuracy                       0.2500    0.1250   +0.1250" in text
     assert "(baseline: mmada-tiny/2 = @sft, before UniGRPO)" in text
+
+
+def test_pipeline_refuses_a_folder_that_is_not_the_project(tmp_path):
+    from mmada.errors import MMaDAError
+    from mmada.pipeline.run import check_project
+
+    with pytest.raises(MMaDAError, match="is not the project root"):
+        check_project(tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    with pytest.raises(MMaDAError, match="mmada pipeline generate"):
+        check_project(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(S.dvc_yaml_text())
+    with pytest.raises(MMaDAError, match="not inside a git repository"):
+        check_project(tmp_path)
+
+
+def test_child_env_is_offline_without_overriding_the_operator():
+    from mmada.pipeline.env import child_env, venv_bin
+
+    env = child_env({"EXTRA": "1"}, base={"PATH": "/usr/bin", "DO_NOT_TRACK": "0"})
+    assert env["DO_NOT_TRACK"] == "0" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1" and env["EXTRA"] == "1"
+    assert env["PATH"].split(":")[0] == str(venv_bin())

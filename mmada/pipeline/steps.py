@@ -392,22 +392,21 @@ def _mmada(argv: list[str]) -> str:
     return buf.getvalue()
 
 
-def _eval_suites(p: EvalParams, image_tokenizer: str, model_suites: bool = True,
-                 recon: bool = True) -> list[tuple[str, list[str]]]:
+def _eval_suites(p: EvalParams, image_tokenizer: str, recon: bool = True) -> list[tuple[str, list[str]]]:
     """The ``mmada eval`` commands of the stage (without the model/output arguments)."""
     text = ["--steps", str(p.text_steps), "--gen-length", str(p.gen_length), "--block-length", str(p.block_length)]
     math_prompt = ["--prompt-template", "{question}", "--think"] if p.math_prompt == "reasoning" else []
-    suites: list[tuple[str, list[str]]] = []
-    if model_suites:
-        suites.append(("math", ["eval", "math", "--data", "builtin:arithmetic", "--n", str(p.math_n), "--data-seed",
-                                str(p.data_seed), "--protocol", p.math_protocol, *math_prompt, *text]))
-        if p.mmu_n:
-            suites.append(("mmu", ["eval", "mmu", "--data", "builtin:shapes", "--n", str(p.mmu_n), "--data-seed",
-                                   str(p.data_seed), "--image-tokenizer", image_tokenizer, *text]))
-        if p.t2i_n:
-            suites.append(("t2i", ["eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n",
-                                   str(p.t2i_n), "--data-seed", str(p.data_seed), "--image-tokenizer", image_tokenizer,
-                                   "--steps", str(p.image_steps), "--guidance-scale", str(p.guidance_scale)]))
+    suites: list[tuple[str, list[str]]] = [
+        ("math", ["eval", "math", "--data", "builtin:arithmetic", "--n", str(p.math_n), "--data-seed",
+                  str(p.data_seed), "--protocol", p.math_protocol, *math_prompt, *text]),
+    ]
+    if p.mmu_n:
+        suites.append(("mmu", ["eval", "mmu", "--data", "builtin:shapes", "--n", str(p.mmu_n), "--data-seed",
+                               str(p.data_seed), "--image-tokenizer", image_tokenizer, *text]))
+    if p.t2i_n:
+        suites.append(("t2i", ["eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n",
+                               str(p.t2i_n), "--data-seed", str(p.data_seed), "--image-tokenizer", image_tokenizer,
+                               "--steps", str(p.image_steps), "--guidance-scale", str(p.guidance_scale)]))
     if recon and p.recon_n:
         suites.append(("recon", ["eval", "recon", "--data", "builtin:shapes", "--n", str(p.recon_n), "--data-seed",
                                  str(p.data_seed), "--image-tokenizer", image_tokenizer]))
@@ -425,13 +424,13 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
                           f"({p.block_length})")
     ref = T.read_ref(model_ref_path, producer=producer, needed_by="evaluate")
     _check_version(ctx.tracking_uri, ref, model_ref_path, producer)
-    models: list[tuple[str, dict[str, Any], Path]] = [("", ref, model_ref_path)]
+    models: list[tuple[str, dict[str, Any]]] = [("", ref)]
     base_path = Path(S.model_ref("sft"))
     if p.baseline == "sft" and producer == "grpo":
         base = T.read_ref(base_path, producer="sft", needed_by="evaluate (evaluate.baseline=sft)")
         _check_version(ctx.tracking_uri, base, base_path, "sft")
-        models.append(("baseline", base, base_path))
-    plan = [(key, r, s) for key, r, _ in models
+        models.append(("baseline", base))
+    plan = [(key, r, s) for key, r in models
             for s in _eval_suites(p, image_tokenizer, recon=not key)]
     target = ctx.outputs.eval_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
