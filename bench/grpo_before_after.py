@@ -43,9 +43,12 @@ def evaluate(ckpt: str, tag: str, args, out: Path) -> dict[str, dict[str, float]
     common = ["--checkpoint", ckpt, "--data-seed", str(args.data_seed), "--batch-size", "64",
               "--tracking-uri", args.tracking_uri, "--experiment", "mmada-eval"]
     if "math" in args.tasks:
+        held_out = [*(["--difficulty", args.difficulty] if args.difficulty else []),
+                    *(["--exclude-data", *args.chat_data] if args.exclude_train else [])]
         mmada("eval", "math", "--data", "builtin:arithmetic", "--n", str(args.math_n), "--protocol", "gsm8k_flexible",
-              "--prompt-template", "{question}", "--think", "--steps", "32", "--gen-length", "64",
-              "--block-length", "32", "--out", str(out / f"{tag}-math.json"),
+              "--prompt-template", "{question}", "--think", "--steps", str(args.text_steps),
+              "--gen-length", str(args.gen_length), "--block-length", str(args.block_length), *held_out,
+              "--out", str(out / f"{tag}-math.json"),
               "--samples-out", str(out / f"{tag}-math.jsonl"), "--run-name", f"{tag}-math", *common)
         res["math"] = json.loads((out / f"{tag}-math.json").read_text())["metrics"]
     if "t2i" in args.tasks:
@@ -64,10 +67,13 @@ def grpo_config(args, out: Path) -> Path:
     cfg["model"] = {"init": args.sft}
     streams = cfg["data"]["streams"]
     cfg["data"]["streams"] = {STREAMS[t]: {**streams[STREAMS[t]], "batch_size": args.prompts} for t in args.tasks}
+    if "chat" in cfg["data"]["streams"]:
+        cfg["data"]["streams"]["chat"]["manifests"] = list(args.chat_data)
     cfg["data"]["image_tokenizer"] = args.image_tokenizer
     g = cfg["grpo"]
     g.update(num_generations=args.generations, temperature=args.temperature,
-             reward_funcs=[REWARDS[t] for t in args.tasks])
+             reward_funcs=[REWARDS[t] for t in args.tasks], steps=args.text_steps, gen_length=args.gen_length,
+             block_length=args.block_length, beta=args.beta, num_iterations=args.num_iterations)
     g["reward_weights"] = {REWARDS[t]: 1.0 for t in args.tasks}
     cfg["optim"]["lr"] = args.lr
     cfg["trainer"]["max_steps"] = args.steps
@@ -88,7 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--beta", type=float, default=0.01, help="KL coefficient (to the frozen SFT policy)")
+    ap.add_argument("--num-iterations", type=int, default=2, help="μ: policy updates per rollout")
     ap.add_argument("--math-n", type=int, default=512)
+    ap.add_argument("--chat-data", nargs="+", default=["runs/data/arithmetic"],
+                    help="curated reasoning shard sets UniGRPO draws its math prompts from")
+    ap.add_argument("--difficulty", default=None, help="eval problems with K (or LO-HI) operations; default 1-3")
+    ap.add_argument("--exclude-train", action="store_true",
+                    help="evaluate on problems whose question is not in --chat-data (mmada eval --exclude-data)")
+    ap.add_argument("--gen-length", type=int, default=64,
+                    help="text answer length (eval and rollouts alike)")
+    ap.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block (eval and rollouts)")
+    ap.add_argument("--text-steps", type=int, default=32, help="text sampler steps (eval and rollouts alike)")
     ap.add_argument("--t2i-n", type=int, default=128)
     ap.add_argument("--data-seed", type=int, default=4242)
     ap.add_argument("--image-tokenizer", default="runs/vq/tiny/tokenizer")

@@ -37,6 +37,21 @@ def test_builtin_tokenizer_layout(tok):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
+
+def test_builtin_tokenizer_splits_digits(tok):
+    """A number is the same digit ids in a question, a trace and \\boxed{} (what a tiny model can copy)."""
+    def digits(s):
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        return [t for t in tok.convert_ids_to_tokens(ids) if t.isdigit()], ids
+
+    in_question, q_ids = digits("Ben has 17 cards.")
+    in_trace, _ = digits("<think>17 - 12 = 5.</think>")
+    in_box, b_ids = digits(" \\boxed{17}")
+    assert in_question == ["1", "7"] and in_trace[:2] == ["1", "7"] and in_box == ["1", "7"]
+    assert tok.convert_tokens_to_ids(["1", "7"]) == [i for i in q_ids if tok.convert_ids_to_tokens(i).isdigit()]
+    assert len(b_ids) <= 6  # "\boxed" is in the corpus: " \", "boxed", "{", "1", "7", "}"
+    assert tok.decode(b_ids) == " \\boxed{17}"
+
 def test_bpe_training_is_deterministic_and_pads_vocab():
     texts = ["a red circle", "two blue squares", "How many apples?"] * 20
     a, b = train_bpe_tokenizer(texts, 400), train_bpe_tokenizer(texts, 400)

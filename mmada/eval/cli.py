@@ -118,7 +118,7 @@ def _finish(args, report, *, rows=None, images: dict | None = None) -> int:
 def _math(args) -> int:
     from mmada.eval.runners import LM_EVAL_TEMPLATE, evaluate_math, load_records
 
-    recs = load_records(args.data, n=args.n + args.num_fewshot if args.n is not None else None, seed=args.data_seed)
+    recs, held_out = _math_records(args)
     fewshot, recs = recs[: args.num_fewshot], recs[args.num_fewshot :]
     if args.fewshot_data:
         fewshot = load_records(args.fewshot_data, n=args.num_fewshot)
@@ -130,7 +130,43 @@ def _math(args) -> int:
         chat=not args.no_chat, think=args.think, prompt_template=args.prompt_template or LM_EVAL_TEMPLATE,
         batch_size=args.batch_size, model_ref=ref,
     )
+    if held_out is not None:
+        report.details["held_out"] = held_out
+    if args.difficulty is not None:
+        report.details["difficulty"] = args.difficulty
     return _finish(args, report, rows=rows)
+
+
+def _difficulty(text: str | None) -> int | tuple[int, int] | None:
+    if text is None:
+        return None
+    lo, _, hi = text.partition("-")
+    try:
+        return int(lo) if not hi else (int(lo), int(hi))
+    except ValueError:
+        raise MMaDAError(f"--difficulty: expected K or LO-HI (operations per problem), got {text!r}") from None
+
+
+def _math_records(args) -> tuple[list[dict], dict | None]:
+    """The problems (few-shot examples first), held out from ``--exclude-data`` when given."""
+    from mmada.eval.decontam import exclude_seen, held_out, questions_in
+    from mmada.eval.runners import load_records
+
+    need = args.n + args.num_fewshot if args.n is not None else None
+    level = _difficulty(args.difficulty)
+    if not args.exclude_data:
+        return load_records(args.data, n=need, seed=args.data_seed, difficulty=level), None
+    seen = questions_in(args.exclude_data, args.question_field)
+    if args.data.startswith("builtin:"):  # draw past seen problems until `need` unseen ones
+        recs, removed = held_out(
+            lambda count, start: load_records(args.data, n=count, seed=args.data_seed, start=start, difficulty=level),
+            need if need is not None else 200, seen, args.question_field)
+    else:
+        recs, removed = exclude_seen(load_records(args.data, seed=args.data_seed, difficulty=level), seen,
+                                     args.question_field)
+        recs = recs if need is None else recs[:need]
+    print(f"held out: removed {removed} problems whose {args.question_field} is in {', '.join(args.exclude_data)}")
+    return recs, {"exclude_data": list(args.exclude_data), "removed": removed, "known_questions": len(seen)}
 
 
 def _mmu(args) -> int:
@@ -274,6 +310,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'{question}' alone asks it as the curated reasoning data does")
     p.add_argument("--think", action="store_true",
                    help="prepend MMaDA's <think> reasoning instruction to the user turn (as in reasoning SFT data)")
+    p.add_argument("--difficulty", default=None, metavar="K|LO-HI",
+                   help="builtin:arithmetic only: operations per problem (default 1-3)")
+    p.add_argument("--exclude-data", nargs="+", default=None, metavar="DIR",
+                   help="curated shard sets (e.g. the SFT data): drop problems whose question occurs in them, "
+                        "drawing further built-in problems to keep --n")
     _add_model(p)
     _add_output(p)
     p.set_defaults(func=_math)

@@ -70,15 +70,23 @@ def _read_tar(path: Path) -> list[dict]:
     return list(samples.values())
 
 
-def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int = 0) -> list[dict]:
-    """Records from ``builtin:arithmetic`` / ``builtin:shapes`` / ``sklearn:digits`` / jsonl / json / tar / a dir."""
+def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int = 0,
+                 difficulty: int | tuple[int, int] | None = None) -> list[dict]:
+    """Records from ``builtin:arithmetic`` / ``builtin:shapes`` / ``sklearn:digits`` / jsonl / json / tar / a dir.
+
+    ``difficulty`` (operations per problem, an int or an inclusive range) applies to
+    ``builtin:arithmetic`` only; other sources raise rather than ignore it.
+    """
+    if difficulty is not None and source != "builtin:arithmetic":
+        raise MMaDAError(f"difficulty applies to builtin:arithmetic only, not {source!r}")
     if source.startswith("builtin:"):
         name = source.split(":", 1)[1]
         count = 200 if n is None else n
         if name == "arithmetic":
             from mmada.data.builtin.arithmetic import generate_arithmetic
 
-            return generate_arithmetic(count, seed=seed, start=start)
+            levels = {} if difficulty is None else {"difficulty": difficulty}
+            return generate_arithmetic(count, seed=seed, start=start, **levels)
         if name == "shapes":
             from mmada.data.builtin.shapes import generate_shapes
 

@@ -24,7 +24,7 @@ from mmada.errors import VocabError
 from mmada.tokenization.special import SPECIAL_TOKENS
 
 BUILTIN_VOCAB_SIZE = 1024
-BUILTIN_VERSION = "1"  # bump when the corpus or the training recipe changes
+BUILTIN_VERSION = "2"  # bump when the corpus or the training recipe changes (2: single-digit tokens, \boxed{})
 
 # Our chat format (shared/reference/mmada.md §3.3): bos once, then for every message
 # <|start_header_id|>role<|end_header_id|>\n content <|eot_id|>, then the assistant header.
@@ -52,7 +52,8 @@ def builtin_corpus() -> list[str]:
     texts = [THINK_PREFIX, "user", "assistant", "system", "The answer is", "a handwritten digit"]
     texts += [f"a handwritten digit {d}" for d in range(10)]
     for r in generate_arithmetic(3000, seed=12345, difficulty=(1, 5)):
-        texts += [r["question"], f"<think>{r['thinking']}</think> The answer is {r['answer']}."]
+        texts += [r["question"], f"<think>{r['thinking']}</think> The answer is {r['answer']}.",
+                  f"<think>{r['thinking']}</think> \\boxed{{{r['answer']}}}"]  # the curated answer format
     for r in generate_shapes(1500, seed=12345):
         texts.append(r["caption"])
         for qa in r["vqa"]:
@@ -71,7 +72,12 @@ def train_bpe_tokenizer(
     if vocab_size <= len(SPECIAL_TOKENS) + 256:
         raise VocabError(f"vocab_size={vocab_size} is too small for 256 bytes + {len(SPECIAL_TOKENS)} special tokens")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits are single tokens, as in LLaMA-family tokenizers: "17" in a question and in a trace are
+    # the same ids ("Ġ", "1", "7"), so copying and column arithmetic are learnable by a tiny model
+    # (with merged " 17" / "17" tokens a 4M model did not learn to copy operands in 1000 SFT steps).
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

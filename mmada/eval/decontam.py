@@ -1,0 +1,66 @@
+"""Held-out evaluation: drop eval problems whose question also occurs in curated training shards.
+
+The built-in generators draw from a finite space (one-step arithmetic has a few tens of thousands
+of distinct questions), so an eval seed disjoint from the training seed still repeats training
+questions. ``mmada eval math --exclude-data runs/data/arithmetic`` removes them and reports how many.
+Questions compare after case folding and whitespace collapsing (lm-eval's decontamination is
+n-gram based; for templated problems an exact question match is the meaningful notion).
+
+    seen = questions_in(["runs/data/arith_easy"])          # every split: val is not eval either
+    kept, removed = exclude_seen(records, seen)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from mmada.errors import MMaDAError
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def questions_in(roots: Iterable[str], field: str = "question") -> set[str]:
+    """Normalised ``field`` of every sample (all splits) of the curated shard sets at ``roots``."""
+    from mmada.data.shards import ShardSet
+
+    seen: set[str] = set()
+    for root in roots:
+        for s in ShardSet.open(root).iter_samples():
+            value = getattr(s["json"], field, None)
+            if value:
+                seen.add(normalize(value))
+    return seen
+
+
+def exclude_seen(records: Sequence[dict], seen: set[str], field: str = "question") -> tuple[list[dict], int]:
+    """``(records whose field is not in seen, number removed)``; a record without the field is an error."""
+    kept = []
+    for i, r in enumerate(records):
+        if not isinstance(r.get(field), str):
+            raise MMaDAError(f"record {i} ({r.get('id', 'no id')}): no {field!r} to decontaminate on")
+        if normalize(r[field]) not in seen:
+            kept.append(r)
+    return kept, len(records) - len(kept)
+
+
+def held_out(generate: Callable[[int, int], list[dict]], n: int, seen: set[str], field: str = "question",
+             *, max_draws: int = 50) -> tuple[list[dict], int]:
+    """``n`` unseen records from a generator ``generate(count, start)``, drawing past removed ones.
+
+    Returns ``(records, removed)``; raises if ``max_draws × n`` draws do not give ``n`` unseen records
+    (the generator's space is exhausted by the training data).
+    """
+    kept: list[dict] = []
+    removed = start = 0
+    while len(kept) < n:
+        if start >= max_draws * n:
+            raise MMaDAError(f"only {len(kept)} of {n} generated problems are unseen after {start} draws: the "
+                             "training data covers this generator's space; lower --n or change --difficulty")
+        batch = generate(n - len(kept), start)
+        start += len(batch)
+        fresh, dropped = exclude_seen(batch, seen, field)
+        kept += fresh
+        removed += dropped
+    return kept, removed

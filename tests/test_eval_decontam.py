@@ -1,0 +1,98 @@
+"""Held-out math evaluation: ``--difficulty`` and ``--exclude-data`` against real curated shards."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+import torch
+
+from mmada.cli import main
+from mmada.data.builtin.arithmetic import generate_arithmetic
+from mmada.errors import MMaDAError
+from mmada.eval.decontam import exclude_seen, held_out, normalize
+from mmada.eval.runners import load_records
+from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.tokenization import load_text_tokenizer
+
+
+@pytest.fixture(scope="module")
+def curated_seed7(tmp_path_factory):
+    """The first 40 one-step problems of seed 7, curated into real shards (the eval below draws seed 7 too)."""
+    d = tmp_path_factory.mktemp("decontam")
+    spec = d / "spec.yaml"
+    spec.write_text("name: easy\nkind: reasoning\nsources:\n"
+                    "  - {type: builtin, uri: 'builtin:arithmetic', n: 40, seed: 7, difficulty: 1}\n"
+                    "filters: {exact_dedup: true}\nsplit: {val_fraction: 0.1}\n")
+    assert main(["curate", str(spec), "--out", str(d / "easy"), "--quiet"]) == 0
+    questions = set()
+    for tar in (d / "easy").glob("*.tar"):  # read the shards directly, not through the code under test
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    questions.add(json.load(tf.extractfile(m))["question"])
+    return d / "easy", questions
+
+
+def test_exclude_seen_normalises_and_names_bad_records():
+    seen = {normalize("Ann has  3 Apples.")}
+    kept, removed = exclude_seen([{"question": "ann has 3 apples."}, {"question": "Ben has 3 apples."}], seen)
+    assert removed == 1 and kept == [{"question": "Ben has 3 apples."}]
+    with pytest.raises(MMaDAError, match=r"record 1 \(x7\): no 'question'"):
+        exclude_seen([{"question": "q"}, {"id": "x7"}], seen)
+
+
+def test_held_out_draws_past_seen_and_stops_when_exhausted():
+    def gen(count, start):
+        return [{"question": f"q{(start + i) % 10}"} for i in range(count)]
+
+    recs, removed = held_out(gen, 4, {"q0", "q2", "q3"})
+    assert [r["question"] for r in recs] == ["q1", "q4", "q5", "q6"] and removed == 3
+    with pytest.raises(MMaDAError, match="only 0 of 5 generated problems are unseen"):
+        held_out(gen, 5, {f"q{i}" for i in range(10)})
+
+
+def test_load_records_difficulty_is_builtin_arithmetic_only(tmp_path):
+    recs = load_records("builtin:arithmetic", n=30, seed=5, difficulty=2)
+    assert {r["difficulty"] for r in recs} == {2} and all(r["question"].count("Then") == 2 for r in recs)
+    assert load_records("builtin:arithmetic", n=30, seed=5) == generate_arithmetic(30, seed=5)
+    with pytest.raises(MMaDAError, match="difficulty applies to builtin:arithmetic only"):
+        load_records("builtin:shapes", n=3, difficulty=1)
+
+
+def test_cli_math_held_out_from_curated_shards(curated_seed7, tmp_path, capsys):
+    root, train_questions = curated_seed7
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    MMaDAModelLM(MMaDAConfig.from_preset("tiny", d_model=64, n_layers=2, n_heads=2, n_kv_heads=2,
+                                         mlp_hidden_size=128)).save_pretrained(ckpt)
+    load_text_tokenizer("builtin").save_pretrained(ckpt)
+    out, samples = tmp_path / "m.json", tmp_path / "s.jsonl"
+    argv = ["eval", "math", "--data", "builtin:arithmetic", "--difficulty", "1", "--n", "12", "--data-seed", "7",
+            "--protocol", "gsm8k_flexible", "--prompt-template", "{question}", "--checkpoint", str(ckpt),
+            "--steps", "4", "--gen-length", "8", "--block-length", "8", "--out", str(out), "--samples-out", str(samples)]
+    assert main([*argv, "--exclude-data", str(root)]) == 0
+    rep = json.loads(out.read_text())
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert rep["n"] == len(rows) == 12
+    assert not {r["question"] for r in rows} & train_questions
+    # brute force: walk the seed-7 one-step stream, skipping training questions, until 12 are kept
+    expected, removed, i = [], 0, 0
+    while len(expected) < 12:
+        q = generate_arithmetic(1, seed=7, difficulty=1, start=i)[0]["question"]
+        i += 1
+        if q in train_questions:
+            removed += 1
+        else:
+            expected.append(q)
+    assert [r["question"] for r in rows] == expected and removed > 0
+    assert rep["details"]["held_out"] == {"exclude_data": [str(root)], "removed": removed,
+                                          "known_questions": len(train_questions)}
+    assert rep["details"]["difficulty"] == "1" and rep["metrics"]["accuracy/difficulty_1"] == rep["metrics"]["accuracy"]
+    assert f"held out: removed {removed} problems" in capsys.readouterr().out
+    # without the exclusion the same seed repeats training questions
+    assert main(argv) == 0
+    assert {json.loads(x)["question"] for x in samples.read_text().splitlines()} & train_questions
+    assert main([*argv[:4], "--difficulty", "one", *argv[6:]]) == 2
+    assert "--difficulty: expected K or LO-HI" in capsys.readouterr().err
