@@ -51,6 +51,18 @@ def test_held_out_draws_past_seen_and_stops_when_exhausted():
     assert [r["question"] for r in recs] == ["q1", "q4", "q5", "q6"] and removed == 3
     with pytest.raises(MMaDAError, match="only 0 of 5 generated problems are unseen"):
         held_out(gen, 5, {f"q{i}" for i in range(10)})
+    with pytest.raises(MMaDAError, match="ran out after 2 records with 1 of 3 unseen"):
+        held_out(lambda count, start: gen(count, start)[: max(0, 2 - start)], 3, {"q0"})
+
+
+def test_excluding_data_without_questions_is_an_error(tmp_path):
+    from mmada.eval.decontam import questions_in
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: pics\nkind: t2i\nsources:\n  - {type: builtin, uri: 'builtin:shapes', n: 4}\n")
+    assert main(["curate", str(spec), "--out", str(tmp_path / "pics"), "--quiet"]) == 0
+    with pytest.raises(MMaDAError, match=r"pics: no sample has a question to exclude \(kind 't2i'\)"):
+        questions_in([str(tmp_path / "pics")])
 
 
 def test_load_records_difficulty_is_builtin_arithmetic_only(tmp_path):

@@ -37,7 +37,6 @@ def test_builtin_tokenizer_layout(tok):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
-
 def test_builtin_tokenizer_splits_digits(tok):
     """A number is the same digit ids in a question, a trace and \\boxed{} (what a tiny model can copy)."""
     def digits(s):
@@ -51,6 +50,7 @@ def test_builtin_tokenizer_splits_digits(tok):
     assert tok.convert_tokens_to_ids(["1", "7"]) == [i for i in q_ids if tok.convert_ids_to_tokens(i).isdigit()]
     assert len(b_ids) <= 6  # "\boxed" is in the corpus: " \", "boxed", "{", "1", "7", "}"
     assert tok.decode(b_ids) == " \\boxed{17}"
+
 
 def test_bpe_training_is_deterministic_and_pads_vocab():
     texts = ["a red circle", "two blue squares", "How many apples?"] * 20

@@ -150,22 +150,22 @@ def _difficulty(text: str | None) -> int | tuple[int, int] | None:
 def _math_records(args) -> tuple[list[dict], dict | None]:
     """The problems (few-shot examples first), held out from ``--exclude-data`` when given."""
     from mmada.eval.decontam import exclude_seen, held_out, questions_in
-    from mmada.eval.runners import load_records
+    from mmada.eval.runners import BUILTIN_DEFAULT_N, load_records
 
     need = args.n + args.num_fewshot if args.n is not None else None
     level = _difficulty(args.difficulty)
     if not args.exclude_data:
         return load_records(args.data, n=need, seed=args.data_seed, difficulty=level), None
-    seen = questions_in(args.exclude_data, args.question_field)
+    seen = questions_in(args.exclude_data)
     if args.data.startswith("builtin:"):  # draw past seen problems until `need` unseen ones
         recs, removed = held_out(
             lambda count, start: load_records(args.data, n=count, seed=args.data_seed, start=start, difficulty=level),
-            need if need is not None else 200, seen, args.question_field)
+            need if need is not None else BUILTIN_DEFAULT_N, seen, args.question_field)
     else:
         recs, removed = exclude_seen(load_records(args.data, seed=args.data_seed, difficulty=level), seen,
                                      args.question_field)
         recs = recs if need is None else recs[:need]
-    print(f"held out: removed {removed} problems whose {args.question_field} is in {', '.join(args.exclude_data)}")
+    print(f"held out: removed {removed} problems whose question is in {', '.join(args.exclude_data)}")
     return recs, {"exclude_data": list(args.exclude_data), "removed": removed, "known_questions": len(seen)}
 
 

@@ -6,7 +6,7 @@ questions. ``mmada eval math --exclude-data runs/data/arithmetic`` removes them 
 Questions compare after case folding and whitespace collapsing (lm-eval's decontamination is
 n-gram based; for templated problems an exact question match is the meaningful notion).
 
-    seen = questions_in(["runs/data/arith_easy"])          # every split: val is not eval either
+    seen = questions_in(["runs/data/arithmetic_1step"])          # every split: val is not eval either
     kept, removed = exclude_seen(records, seen)
 """
 
@@ -21,16 +21,23 @@ def normalize(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def questions_in(roots: Iterable[str], field: str = "question") -> set[str]:
-    """Normalised ``field`` of every sample (all splits) of the curated shard sets at ``roots``."""
+def questions_in(roots: Iterable[str]) -> set[str]:
+    """Normalised questions of every sample (all splits) of the curated shard sets at ``roots``.
+
+    Curation stores a record's question in the sample schema's ``question`` whatever the source
+    called it, so this reads that field; a shard set without any (t2i captions, say) is an error
+    rather than a silent no-op exclusion.
+    """
     from mmada.data.shards import ShardSet
 
     seen: set[str] = set()
     for root in roots:
-        for s in ShardSet.open(root).iter_samples():
-            value = getattr(s["json"], field, None)
-            if value:
-                seen.add(normalize(value))
+        shards = ShardSet.open(root)
+        found = {normalize(s["json"].question) for s in shards.iter_samples() if s["json"].question}
+        if not found:
+            raise MMaDAError(f"{root}: no sample has a question to exclude (kind {shards.manifest.kind!r}); "
+                             "give the reasoning/VQA data the model saw")
+        seen |= found
     return seen
 
 
@@ -59,6 +66,8 @@ def held_out(generate: Callable[[int, int], list[dict]], n: int, seen: set[str],
             raise MMaDAError(f"only {len(kept)} of {n} generated problems are unseen after {start} draws: the "
                              "training data covers this generator's space; lower --n or change --difficulty")
         batch = generate(n - len(kept), start)
+        if not batch:
+            raise MMaDAError(f"the generator ran out after {start} records with {len(kept)} of {n} unseen")
         start += len(batch)
         fresh, dropped = exclude_seen(batch, seen, field)
         kept += fresh

@@ -70,6 +70,10 @@ def _read_tar(path: Path) -> list[dict]:
     return list(samples.values())
 
 
+BUILTIN_DEFAULT_N = 200
+"""Records generated from a ``builtin:`` source when no ``n`` is given."""
+
+
 def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int = 0,
                  difficulty: int | tuple[int, int] | None = None) -> list[dict]:
     """Records from ``builtin:arithmetic`` / ``builtin:shapes`` / ``sklearn:digits`` / jsonl / json / tar / a dir.
@@ -81,7 +85,7 @@ def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int
         raise MMaDAError(f"difficulty applies to builtin:arithmetic only, not {source!r}")
     if source.startswith("builtin:"):
         name = source.split(":", 1)[1]
-        count = 200 if n is None else n
+        count = BUILTIN_DEFAULT_N if n is None else n
         if name == "arithmetic":
             from mmada.data.builtin.arithmetic import generate_arithmetic
 
