@@ -73,7 +73,10 @@ def grpo_config(args, out: Path) -> Path:
     g = cfg["grpo"]
     g.update(num_generations=args.generations, temperature=args.temperature,
              reward_funcs=[REWARDS[t] for t in args.tasks], steps=args.text_steps, gen_length=args.gen_length,
-             block_length=args.block_length, beta=args.beta, num_iterations=args.num_iterations)
+             block_length=args.block_length, beta=args.beta, num_iterations=args.num_iterations,
+             estimator=args.estimator, p_mask_prompt=args.p_mask_prompt, threshold=args.rollout_threshold)
+    if args.mask_ratio_range:
+        g["mask_ratio_range"] = list(args.mask_ratio_range)
     g["reward_weights"] = {REWARDS[t]: 1.0 for t in args.tasks}
     cfg["optim"]["lr"] = args.lr
     cfg["trainer"]["max_steps"] = args.steps
@@ -96,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.01, help="KL coefficient (to the frozen SFT policy)")
     ap.add_argument("--num-iterations", type=int, default=2, help="μ: policy updates per rollout")
+    ap.add_argument("--estimator", choices=["unigrpo", "d1"], default="unigrpo",
+                    help="log-likelihood estimator: UniGRPO's random-ratio completion masks, or d1's full mask")
+    ap.add_argument("--mask-ratio-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="UniGRPO mask ratio range (default: the config's)")
+    ap.add_argument("--p-mask-prompt", type=float, default=0.15, help="d1: prompt-token mask probability")
     ap.add_argument("--math-n", type=int, default=512)
     ap.add_argument("--chat-data", nargs="+", default=["runs/data/arithmetic"],
                     help="curated reasoning shard sets UniGRPO draws its math prompts from")
@@ -106,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="text answer length (eval and rollouts alike)")
     ap.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block (eval and rollouts)")
     ap.add_argument("--text-steps", type=int, default=32, help="text sampler steps (eval and rollouts alike)")
+    ap.add_argument("--rollout-threshold", type=float, default=None,
+                    help="confidence-threshold parallel decoding for the rollouts only (dLLM-RL samples MMaDA's "
+                         "rollouts this way at 0.95); the evaluations keep the plain sampler")
     ap.add_argument("--t2i-n", type=int, default=128)
     ap.add_argument("--data-seed", type=int, default=4242)
     ap.add_argument("--image-tokenizer", default="runs/vq/tiny/tokenizer")
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="grpo-before-after")
     ap.add_argument("--out", default="runs/bench/grpo_before_after")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reuse-before", action="store_true",
+                    help="take the 'before' numbers from --out's before-*.json of an earlier run with the same "
+                         "--sft and eval options instead of evaluating again")
     args = ap.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in args.tasks if t not in STREAMS]
@@ -133,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         sft_ckpt = str(resolve_model(sft_ckpt, tracking_uri=args.tracking_uri, cache_dir=out / "cache")[0])
 
     t0 = time.monotonic()
-    before = evaluate(sft_ckpt, "before", args, out)
+    if args.reuse_before:
+        before = {s: json.loads((out / f"before-{s}.json").read_text())["metrics"] for s in args.tasks}
+    else:
+        before = evaluate(sft_ckpt, "before", args, out)
     t1 = time.monotonic()
     summary = json.loads(mmada("train", str(grpo_config(args, out)), "--set", f"tracking.uri={args.tracking_uri}")
                          .strip().splitlines()[-1])
@@ -148,8 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'suite':<6} {'metric':<28} {'before':>8} {'after':>8} {'delta':>8}")
     for r in rows:
         print(f"{r['suite']:<6} {r['metric']:<28} {r['before']:>8.4f} {r['after']:>8.4f} {r['delta']:>+8.4f}")
+    flips = None
+    if "math" in args.tasks and (out / "before-math.jsonl").is_file():
+        from mmada.eval.paired import load_verdicts, paired_flips
+
+        f = paired_flips(load_verdicts(out / "before-math.jsonl"), load_verdicts(out / "after-math.jsonl"))
+        flips = f.as_dict()
+        print(f"math   same {f.n} problems: {f.gained} turned correct, {f.lost} turned wrong "
+              f"(exact McNemar p = {f.p_value:.3g})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "grpo": summary, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "grpo": summary, "rows": rows, "math_flips": flips},
+                                              indent=2))
     return 0
 
 
