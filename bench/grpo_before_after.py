@@ -79,6 +79,9 @@ def grpo_config(args, out: Path) -> Path:
         g["mask_ratio_range"] = list(args.mask_ratio_range)
     g["reward_weights"] = {REWARDS[t]: 1.0 for t in args.tasks}
     cfg["optim"]["lr"] = args.lr
+    if args.seed is not None:  # rollout sampling, masks and the prompt draw
+        cfg["seed"] = args.seed
+        cfg["data"]["seed"] = args.seed
     cfg["trainer"]["max_steps"] = args.steps
     cfg["checkpoint"]["every_n_steps"] = args.steps
     cfg["samples"]["every_n_steps"] = 0
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="confidence-threshold parallel decoding for the rollouts only (dLLM-RL samples MMaDA's "
                          "rollouts this way at 0.95); the evaluations keep the plain sampler")
     ap.add_argument("--t2i-n", type=int, default=128)
-    ap.add_argument("--data-seed", type=int, default=4242)
+    ap.add_argument("--data-seed", type=int, default=4242, help="seed of the held-out evaluation problems")
+    ap.add_argument("--seed", type=int, default=None, help="UniGRPO run seed (default: the config's)")
     ap.add_argument("--image-tokenizer", default="runs/vq/tiny/tokenizer")
     ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or runs/mlflow.db")
     ap.add_argument("--register", action="store_true", help="register the result as a model version (@grpo)")

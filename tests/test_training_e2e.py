@@ -52,11 +52,12 @@ def assert_falls(losses: list[float], k: int = 5, factor: float = 0.8) -> None:
     assert last < factor * first, f"loss did not fall: first {k} mean {first:.3f}, last {k} mean {last:.3f}"
 
 
-def test_pretrain_then_sft_from_the_registry(data, tmp_path_factory, tmp_path):
+def test_pretrain_then_sft_from_the_registry(data, tmp_path_factory, tmp_path, capsys):
     uri = fresh_mlflow_uri(tmp_path_factory, tmp_path)
     samples = {"prompts": ["What is 2 + 3?"], "captions": ["a red circle", "a blue square"], "gen_length": 8,
                "block_length": 8, "steps": 4, "image_steps": 2}
-    pre_cfg = load_train_config(tiny_config(data, tmp_path / "pre", uri, steps=30, samples=samples))
+    pre_cfg_dict = tiny_config(data, tmp_path / "pre", uri, steps=30, samples=samples)
+    pre_cfg = load_train_config(pre_cfg_dict)
     pre = train(pre_cfg)
     client = MlflowClient(uri)
     assert pre.global_step == 30 and pre.model_version == "1" and pre.registered_model == "mmada-test"
@@ -81,6 +82,7 @@ def test_pretrain_then_sft_from_the_registry(data, tmp_path_factory, tmp_path):
     assert ckpt["global_step"] == 30
     for k, v in exported.items():  # the registered export is the final checkpoint's weights
         assert torch.equal(ckpt["state_dict"][f"model.{k}"], v), k
+    check_checkpoint_export(_write_config(pre_cfg_dict, tmp_path / "pre.yaml"), pre, exported, capsys)
 
     sft_cfg = load_train_config(tiny_config(data, tmp_path / "sft", uri, stage="sft", steps=30,
                                             model={"preset": None, "overrides": {},
@@ -94,6 +96,26 @@ def test_pretrain_then_sft_from_the_registry(data, tmp_path_factory, tmp_path):
     init = load_file(str(tmp_path / "sft" / "init" / "mmada-test-v1" / "model.safetensors"))
     assert all(torch.equal(init[k], exported[k]) for k in exported)  # SFT started from the @pretrain weights
     assert str(client.get_model_version_by_alias("mmada-test", "pretrain").version) == "1"
+
+
+def check_checkpoint_export(config: Path, result, final: dict, capsys) -> None:
+    """``mmada train CONFIG --export-checkpoint``: an earlier step as a loadable save_pretrained directory."""
+    from mmada.cli import main
+    from mmada.models import MMaDAModelLM
+
+    early = result.checkpoint_dir / "step00000020.ckpt"
+    assert main(["train", str(config), "--export-checkpoint", str(early)]) == 0
+    out = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["export_dir"])
+    assert out == result.checkpoint_dir.parent / "exports" / "step00000020"
+    state = torch.load(early, map_location="cpu", weights_only=True)["state_dict"]
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights.keys() == final.keys() and (out / "tokenizer.json").is_file()
+    assert all(torch.equal(state[f"model.{k}"], v) for k, v in weights.items())
+    assert any(not torch.equal(weights[k], final[k]) for k in final)  # step 20, not the final weights
+    model = MMaDAModelLM.from_pretrained(out)
+    assert torch.equal(model.state_dict()["model.transformer.wte.weight"], weights["model.transformer.wte.weight"])
+    assert main(["train", str(config), "--export-checkpoint", str(result.checkpoint_dir / "step99.ckpt")]) == 2
+    assert "step99.ckpt' does not exist" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -2,6 +2,7 @@
 
     mmada train configs/train/tiny_pretrain.yaml
     mmada train configs/train/tiny_sft.yaml --set model.init=models:/mmada-tiny@pretrain
+    mmada train configs/train/tiny_arith_sft.yaml --export-checkpoint runs/train/tiny-arith-sft/checkpoints/step00000500.ckpt
     torchrun --nnodes 2 --nproc-per-node 8 … -m mmada train configs/train/8b_sft.yaml   # see configs/cluster/
 
 Config errors exit with status 2 and name the field (``error: …: optim.lr: Input should be greater than 0``).
@@ -20,6 +21,12 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.set)
     if args.print_config:
         print(json.dumps(cfg.model_dump(mode="json"), indent=1))
+        return 0
+    if args.export_checkpoint:
+        from mmada.training.run import export_checkpoint
+
+        out = export_checkpoint(cfg, args.export_checkpoint, args.export_dir)
+        print(json.dumps({"export_dir": str(out), "checkpoint": args.export_checkpoint}))
         return 0
     from mmada.training.run import train
 
@@ -40,4 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.lr=3e-4 --set trainer.devices=8")
     p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    p.add_argument("--export-checkpoint", metavar="CKPT", default=None,
+                   help="instead of training: export this checkpoint of the run (e.g. checkpoints/step00001000.ckpt) "
+                        "as a save_pretrained directory")
+    p.add_argument("--export-dir", default=None, help="where --export-checkpoint writes (default: <out_dir>/exports/stepN)")
     p.set_defaults(func=_train)

@@ -135,6 +135,32 @@ def export_hf(config: MMaDAConfig, state: dict[str, torch.Tensor], tokenizer, ta
     return target
 
 
+def export_checkpoint(cfg: TrainConfig, checkpoint: str | os.PathLike, target: str | os.PathLike | None = None) -> Path:
+    """Export the weights of one of the stage's checkpoints as a ``save_pretrained`` directory.
+
+    The run's final export is its last step; this picks an earlier one (``<out_dir>/checkpoints/
+    step00001000.ckpt``) for evaluation or as the start of another stage. ``cfg`` is the run's own
+    config: it names the architecture and tokenizer, which a Lightning checkpoint does not store.
+    Loaded with ``weights_only=True`` (no arbitrary unpickling). Default target:
+    ``<out_dir>/exports/step<N>``.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a sharded (FSDP/DCP) checkpoint directory; export it from the run that wrote it "
+                          "or consolidate it first (torch.distributed.checkpoint.format_utils.dcp_to_torch_save)")
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in ckpt:
+        raise ConfigError(f"{path} is not a Lightning training checkpoint (no 'state_dict')")
+    # LightningModule keys are "model.<MMaDAModelLM key>"; the frozen UniGRPO reference is not saved.
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    src = resolve_model_source(cfg, cfg.tracking.uri or default_tracking_uri())
+    step = int(ckpt.get("global_step", 0))
+    target = Path(target) if target is not None else cfg.out_dir / "exports" / f"step{step:08d}"
+    return export_hf(src.config, state, src.tokenizer, target)
+
+
 def train(cfg: TrainConfig, *, progress_bar: bool = False) -> TrainResult:
     """Run the stage described by ``cfg`` (see the module docstring)."""
     for message in _EXPECTED_WARNINGS:
