@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     if args.reuse_before:
+        missing = [str(out / f"before-{s}.json") for s in args.tasks if not (out / f"before-{s}.json").is_file()]
+        if missing:
+            sys.exit(f"--reuse-before: no earlier evaluation at {', '.join(missing)}")
         before = {s: json.loads((out / f"before-{s}.json").read_text())["metrics"] for s in args.tasks}
     else:
         before = evaluate(sft_ckpt, "before", args, out)
