@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     if args.reuse_before:
-        missing = [str(out / f"before-{s}.json") for s in args.tasks if not (out / f"before-{s}.json").is_file()]
+        needed = [out / f"before-{s}.json" for s in args.tasks] + ([out / "before-math.jsonl"] if "math" in args.tasks else [])
+        missing = [str(p) for p in needed if not p.is_file()]  # the per-problem file feeds the paired comparison
         if missing:
             sys.exit(f"--reuse-before: no earlier evaluation at {', '.join(missing)}")
         before = {s: json.loads((out / f"before-{s}.json").read_text())["metrics"] for s in args.tasks}
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['suite']:<6} {r['metric']:<28} {r['before']:>8.4f} {r['after']:>8.4f} {r['delta']:>+8.4f}")
     flips = None
-    if "math" in args.tasks and (out / "before-math.jsonl").is_file():
+    if "math" in args.tasks:
         from mmada.eval.paired import load_verdicts, paired_flips
 
         f = paired_flips(load_verdicts(out / "before-math.jsonl"), load_verdicts(out / "after-math.jsonl"))

@@ -48,6 +48,9 @@ def test_paired_flips_counts_and_mismatched_ids(tmp_path):
     p.write_text(json.dumps({"id": "a", "correct": True}) + "\n" + json.dumps({"id": "a", "correct": False}) + "\n")
     with pytest.raises(MMaDAError, match=r"s.jsonl:2: duplicate id 'a'"):
         load_verdicts(p)
+    p.write_text(json.dumps({"id": 7, "correct": True}) + "\n" + json.dumps({"id": "7", "correct": False}) + "\n")
+    with pytest.raises(MMaDAError, match=r"s.jsonl:2: duplicate id '7'"):
+        load_verdicts(p)
     p.write_text(json.dumps({"id": "a"}) + "\n")
     with pytest.raises(MMaDAError, match="no 'id' / 'correct'"):
         load_verdicts(p)

@@ -66,7 +66,8 @@ def load_verdicts(path: str | Path, *, id_field: str = "id", correct_field: str 
         rec = json.loads(line)
         if id_field not in rec or correct_field not in rec:
             raise MMaDAError(f"{path}:{lineno}: record has no {id_field!r} / {correct_field!r} field")
-        if rec[id_field] in out:
-            raise MMaDAError(f"{path}:{lineno}: duplicate id {rec[id_field]!r}")
-        out[str(rec[id_field])] = bool(rec[correct_field])
+        key = str(rec[id_field])  # ids compare as strings, so 7 and "7" are the same problem
+        if key in out:
+            raise MMaDAError(f"{path}:{lineno}: duplicate id {key!r}")
+        out[key] = bool(rec[correct_field])
     return out

@@ -92,6 +92,16 @@ def is_sharded(trainer) -> bool:
     return isinstance(trainer.strategy, FSDPStrategy)
 
 
+def model_weights(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MMaDA model's entries of a LightningModule state dict, under the model's own names.
+
+    The module holds the model as ``.model``, so its keys are ``model.<MMaDAModelLM key>``; anything
+    else the module owns (nothing is saved for the frozen UniGRPO reference) is dropped.
+    """
+    prefix = "model."
+    return {k[len(prefix):]: v for k, v in module_state.items() if k.startswith(prefix)}
+
+
 def full_state_dict(trainer) -> dict[str, torch.Tensor]:
     """The model's full state dict on CPU under its own names (``model.transformer.…``).
 
@@ -103,6 +113,5 @@ def full_state_dict(trainer) -> dict[str, torch.Tensor]:
 
         sd = get_model_state_dict(trainer.strategy.model,
                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        prefix = "model."
-        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        return model_weights(sd)
     return {k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()}

@@ -43,7 +43,7 @@ from mmada.training.callbacks import (
 )
 from mmada.training.config import TrainConfig
 from mmada.training.module import DiffusionModule
-from mmada.training.parallelize import full_state_dict, is_sharded
+from mmada.training.parallelize import full_state_dict, is_sharded, model_weights
 from mmada.training.trainer import build_trainer
 
 log = logging.getLogger("mmada.training")
@@ -153,8 +153,7 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: str | os.PathLike, target: s
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in ckpt:
         raise ConfigError(f"{path} is not a Lightning training checkpoint (no 'state_dict')")
-    # LightningModule keys are "model.<MMaDAModelLM key>"; the frozen UniGRPO reference is not saved.
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = model_weights(ckpt["state_dict"])
     src = resolve_model_source(cfg, cfg.tracking.uri or default_tracking_uri())
     step = int(ckpt.get("global_step", 0))
     target = Path(target) if target is not None else cfg.out_dir / "exports" / f"step{step:08d}"
