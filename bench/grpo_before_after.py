@@ -29,6 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 STREAMS = {"math": "chat", "t2i": "t2i", "mmu": "mmu"}
 REWARDS = {"math": "math_correctness", "t2i": "shapes_t2i", "mmu": "mmu_correctness"}
+PAIRED = ("math", "t2i")  # suites whose per-item rows feed a paired before/after comparison
 
 
 def mmada(*argv: str) -> str:
@@ -55,8 +56,30 @@ def evaluate(ckpt: str, tag: str, args, out: Path) -> dict[str, dict[str, float]
         mmada("eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n", str(args.t2i_n),
               "--image-tokenizer", args.image_tokenizer, "--steps", "12", "--guidance-scale", "2.0",
               "--out", str(out / f"{tag}-t2i.json"), "--images-dir", str(out / f"{tag}-images"),
-              "--run-name", f"{tag}-t2i", *common)
+              "--samples-out", str(out / f"{tag}-t2i.jsonl"), "--run-name", f"{tag}-t2i", *common)
         res["t2i"] = json.loads((out / f"{tag}-t2i.json").read_text())["metrics"]
+    return res
+
+
+def paired_report(suite: str, out: Path) -> dict:
+    """Per-item before/after comparison (same problems / captions and sampler seeds), printed and returned.
+
+    Math: problems that turned correct / wrong (exact McNemar). t2i: images that turned correct /
+    wrong, and images whose fraction of criteria met rose / fell (exact sign test).
+    """
+    from mmada.eval.paired import load_scores, load_verdicts, paired_flips, paired_scores
+
+    before, after = out / f"before-{suite}.jsonl", out / f"after-{suite}.jsonl"
+    f = paired_flips(load_verdicts(before), load_verdicts(after))
+    res = f.as_dict()
+    what = "problems" if suite == "math" else "captions"
+    print(f"{suite:<6} same {f.n} {what}: {f.gained} turned correct, {f.lost} turned wrong "
+          f"(exact McNemar p = {f.p_value:.3g})")
+    if suite == "t2i":  # the smooth score the reward optimises: fraction of criteria met per image
+        sc = paired_scores(load_scores(before, field="score"), load_scores(after, field="score"))
+        res["score"] = sc.as_dict()
+        print(f"{suite:<6} fraction of criteria met rose on {sc.rose} images, fell on {sc.fell} "
+              f"(exact sign test p = {sc.p_value:.3g}; mean change {sc.mean_delta:+.4f})")
     return res
 
 
@@ -152,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     if args.reuse_before:
-        needed = [out / f"before-{s}.json" for s in args.tasks] + ([out / "before-math.jsonl"] if "math" in args.tasks else [])
+        needed = [out / f"before-{s}.json" for s in args.tasks] + [out / f"before-{s}.jsonl" for s in PAIRED
+                                                                    if s in args.tasks]
         missing = [str(p) for p in needed if not p.is_file()]  # the per-problem file feeds the paired comparison
         if missing:
             sys.exit(f"--reuse-before: no earlier evaluation at {', '.join(missing)}")
@@ -173,17 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'suite':<6} {'metric':<28} {'before':>8} {'after':>8} {'delta':>8}")
     for r in rows:
         print(f"{r['suite']:<6} {r['metric']:<28} {r['before']:>8.4f} {r['after']:>8.4f} {r['delta']:>+8.4f}")
-    flips = None
-    if "math" in args.tasks:
-        from mmada.eval.paired import load_verdicts, paired_flips
-
-        f = paired_flips(load_verdicts(out / "before-math.jsonl"), load_verdicts(out / "after-math.jsonl"))
-        flips = f.as_dict()
-        print(f"math   same {f.n} problems: {f.gained} turned correct, {f.lost} turned wrong "
-              f"(exact McNemar p = {f.p_value:.3g})")
+    paired = {s: paired_report(s, out) for s in PAIRED if s in args.tasks}
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "grpo": summary, "rows": rows, "math_flips": flips},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "grpo": summary, "rows": rows,
+                                               **{f"{s}_flips": v for s, v in paired.items()}}, indent=2))
     return 0
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mmada.errors import MMaDAError
-from mmada.eval.paired import load_verdicts, mcnemar_exact, paired_flips
+from mmada.eval.paired import load_scores, load_verdicts, mcnemar_exact, paired_flips, paired_scores
 
 
 def brute_force_p(gained: int, lost: int) -> float:
@@ -54,3 +54,22 @@ def test_paired_flips_counts_and_mismatched_ids(tmp_path):
     p.write_text(json.dumps({"id": "a"}) + "\n")
     with pytest.raises(MMaDAError, match="no 'id' / 'correct'"):
         load_verdicts(p)
+
+
+def test_paired_scores_sign_test_ignores_ties(tmp_path):
+    # graded scores (fraction of t2i criteria met): 3 rose, 1 fell, 2 unchanged
+    before = {"a": 0.0, "b": 0.5, "c": 0.5, "d": 1.0, "e": 0.25, "f": 1.0}
+    after = {"a": 0.5, "b": 1.0, "c": 0.5, "d": 0.5, "e": 0.75, "f": 1.0}
+    s = paired_scores(before, after)
+    assert (s.n, s.rose, s.fell) == (6, 3, 1)
+    assert s.mean_delta == pytest.approx((0.5 + 0.5 + 0 - 0.5 + 0.5 + 0) / 6)
+    assert s.p_value == pytest.approx(brute_force_p(3, 1))
+    with pytest.raises(MMaDAError, match="1 only after"):
+        paired_scores({k: v for k, v in before.items() if k != "f"}, after)
+
+    p = tmp_path / "t2i.jsonl"
+    p.write_text("".join(json.dumps({"id": k, "score": v, "correct": v == 1.0}) + "\n" for k, v in before.items()))
+    assert load_scores(p, field="score") == before
+    assert load_verdicts(p) == {k: v == 1.0 for k, v in before.items()}
+    with pytest.raises(MMaDAError, match="no 'id' / 'reward'"):
+        load_scores(p, field="reward")

@@ -109,8 +109,12 @@ def test_cli_t2i_scores_image_files_and_logs(tmp_path, tracking_uri, capsys):
     path = _write_images_jsonl(tmp_path, recs, corrupt)
     out = tmp_path / "t2i.json"
     rc = main(["eval", "t2i", "--images", path, "--out", str(out), "--tracking-uri", tracking_uri,
-               "--images-dir", str(tmp_path / "png"), "--steps", "12", "--guidance-scale", "3.5"])
+               "--images-dir", str(tmp_path / "png"), "--steps", "12", "--guidance-scale", "3.5",
+               "--samples-out", str(tmp_path / "rows.jsonl")])
     assert rc == 0
+    rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(12))  # the JSONL rows have no id: their position
+    assert [not r["correct"] for r in rows] == [i in corrupt for i in range(12)]
     rep = json.loads(out.read_text())
     assert rep["metrics"]["task/counting"] == 0.0 and rep["metrics"]["task/position"] == 1.0
     assert rep["metrics"]["overall"] == pytest.approx(5 / 6)
@@ -169,9 +173,12 @@ def test_cli_generation_and_mmu_with_a_checkpoint(tiny_ckpt, tmp_path):
     """The model-driven paths run end to end (an untrained model: only the plumbing is judged)."""
     out = tmp_path / "t2i.json"
     assert main(["eval", "t2i", "--checkpoint", str(tiny_ckpt), "--data", "builtin:shapes", "--n", "6",
-                 "--steps", "4", "--device", "cpu", "--out", str(out), "--images-dir", str(tmp_path)]) == 0
+                 "--steps", "4", "--device", "cpu", "--out", str(out), "--images-dir", str(tmp_path),
+                 "--samples-out", str(tmp_path / "t2i.jsonl")]) == 0
     rep = json.loads(out.read_text())
     assert rep["sampler"]["source"] == "model" and rep["sampler"]["steps"] == 4 and rep["n"] == 6
+    rows = [json.loads(x) for x in (tmp_path / "t2i.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in generate_shapes(6, seed=0)]  # the records' own ids
     assert rep["model"]["version"].startswith("sha256:") and 0.0 <= rep["metrics"]["overall"] <= 1.0
     assert (tmp_path / "generated_grid.png").is_file()
     out = tmp_path / "mmu.json"

@@ -48,26 +48,60 @@ def mcnemar_exact(gained: int, lost: int) -> float:
 
 def paired_flips(before: Mapping[str, bool], after: Mapping[str, bool]) -> PairedFlips:
     """Count verdict changes between two evaluations keyed by problem id; the id sets must match."""
-    if before.keys() != after.keys():
-        only_b, only_a = sorted(before.keys() - after.keys()), sorted(after.keys() - before.keys())
-        raise MMaDAError(f"the evaluations did not score the same problems: {len(only_b)} only before "
-                         f"(e.g. {only_b[:3]}), {len(only_a)} only after (e.g. {only_a[:3]})")
+    _check_same_items(before, after)
     gained = sum(bool(after[i]) and not bool(before[i]) for i in before)
     lost = sum(bool(before[i]) and not bool(after[i]) for i in before)
     return PairedFlips(len(before), gained, lost, mcnemar_exact(gained, lost))
 
 
-def load_verdicts(path: str | Path, *, id_field: str = "id", correct_field: str = "correct") -> dict[str, bool]:
-    """``{id: correct}`` from an eval's per-sample JSONL (``mmada eval math --samples-out``)."""
-    out: dict[str, bool] = {}
+@dataclass(frozen=True)
+class PairedScores:
+    n: int  # items scored in both evaluations
+    rose: int  # score higher after
+    fell: int  # score lower after (ties carry no information and count in neither)
+    p_value: float  # exact two-sided sign test of rose vs fell
+    mean_delta: float  # mean of after − before over the n items
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_same_items(before: Mapping, after: Mapping) -> None:
+    if before.keys() != after.keys():
+        only_b, only_a = sorted(before.keys() - after.keys()), sorted(after.keys() - before.keys())
+        raise MMaDAError(f"the evaluations did not score the same problems: {len(only_b)} only before "
+                         f"(e.g. {only_b[:3]}), {len(only_a)} only after (e.g. {only_a[:3]})")
+
+
+def paired_scores(before: Mapping[str, float], after: Mapping[str, float]) -> PairedScores:
+    """Sign test of a graded per-item score (e.g. the fraction of t2i criteria met); the id sets must match.
+
+    The same binomial as McNemar's: under "no change" each item whose score moved is equally likely
+    to have risen or fallen.
+    """
+    _check_same_items(before, after)
+    rose = sum(after[i] > before[i] for i in before)
+    fell = sum(after[i] < before[i] for i in before)
+    mean = sum(after[i] - before[i] for i in before) / len(before) if before else 0.0
+    return PairedScores(len(before), rose, fell, mcnemar_exact(rose, fell), mean)
+
+
+def load_scores(path: str | Path, *, id_field: str = "id", field: str = "correct") -> dict[str, object]:
+    """``{id: record[field]}`` from an eval's per-sample JSONL (``mmada eval … --samples-out``)."""
+    out: dict[str, object] = {}
     for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         rec = json.loads(line)
-        if id_field not in rec or correct_field not in rec:
-            raise MMaDAError(f"{path}:{lineno}: record has no {id_field!r} / {correct_field!r} field")
+        if id_field not in rec or field not in rec:
+            raise MMaDAError(f"{path}:{lineno}: record has no {id_field!r} / {field!r} field")
         key = str(rec[id_field])  # ids compare as strings, so 7 and "7" are the same problem
         if key in out:
             raise MMaDAError(f"{path}:{lineno}: duplicate id {key!r}")
-        out[key] = bool(rec[correct_field])
+        out[key] = rec[field]
     return out
+
+
+def load_verdicts(path: str | Path, *, id_field: str = "id", correct_field: str = "correct") -> dict[str, bool]:
+    """``{id: correct}`` from an eval's per-sample JSONL (``mmada eval math --samples-out``)."""
+    return {k: bool(v) for k, v in load_scores(path, id_field=id_field, field=correct_field).items()}
