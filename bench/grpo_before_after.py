@@ -54,7 +54,8 @@ def evaluate(ckpt: str, tag: str, args, out: Path) -> dict[str, dict[str, float]
         res["math"] = json.loads((out / f"{tag}-math.json").read_text())["metrics"]
     if "t2i" in args.tasks:
         mmada("eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n", str(args.t2i_n),
-              "--image-tokenizer", args.image_tokenizer, "--steps", "12", "--guidance-scale", "2.0",
+              "--image-tokenizer", args.image_tokenizer, "--steps", str(args.t2i_steps),
+              "--guidance-scale", str(args.guidance_scale),
               "--out", str(out / f"{tag}-t2i.json"), "--images-dir", str(out / f"{tag}-images"),
               "--samples-out", str(out / f"{tag}-t2i.jsonl"), "--run-name", f"{tag}-t2i", *common)
         res["t2i"] = json.loads((out / f"{tag}-t2i.json").read_text())["metrics"]
@@ -92,12 +93,15 @@ def grpo_config(args, out: Path) -> Path:
     cfg["data"]["streams"] = {STREAMS[t]: {**streams[STREAMS[t]], "batch_size": args.prompts} for t in args.tasks}
     if "chat" in cfg["data"]["streams"]:
         cfg["data"]["streams"]["chat"]["manifests"] = list(args.chat_data)
+    if "t2i" in cfg["data"]["streams"]:
+        cfg["data"]["streams"]["t2i"]["manifests"] = list(args.t2i_data)
     cfg["data"]["image_tokenizer"] = args.image_tokenizer
     g = cfg["grpo"]
     g.update(num_generations=args.generations, temperature=args.temperature,
              reward_funcs=[REWARDS[t] for t in args.tasks], steps=args.text_steps, gen_length=args.gen_length,
              block_length=args.block_length, beta=args.beta, num_iterations=args.num_iterations,
-             estimator=args.estimator, p_mask_prompt=args.p_mask_prompt, threshold=args.rollout_threshold)
+             estimator=args.estimator, p_mask_prompt=args.p_mask_prompt, threshold=args.rollout_threshold,
+             t2i_steps=args.t2i_steps, guidance_scale=args.guidance_scale)
     if args.mask_ratio_range:
         g["mask_ratio_range"] = list(args.mask_ratio_range)
     g["reward_weights"] = {REWARDS[t]: 1.0 for t in args.tasks}
@@ -144,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="confidence-threshold parallel decoding for the rollouts only (dLLM-RL samples MMaDA's "
                          "rollouts this way at 0.95); the evaluations keep the plain sampler")
     ap.add_argument("--t2i-n", type=int, default=128)
+    ap.add_argument("--t2i-steps", type=int, default=12, help="MaskGIT steps (eval and rollouts alike)")
+    ap.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance (eval and rollouts)")
+    ap.add_argument("--t2i-data", nargs="+", default=["runs/data/shapes"],
+                    help="curated shapes manifests whose captions (and ground truth) UniGRPO's t2i rollouts use")
     ap.add_argument("--data-seed", type=int, default=4242, help="seed of the held-out evaluation problems")
     ap.add_argument("--seed", type=int, default=None, help="UniGRPO run seed (default: the config's)")
     ap.add_argument("--image-tokenizer", default="runs/vq/tiny/tokenizer")
