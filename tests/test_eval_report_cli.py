@@ -115,6 +115,7 @@ def test_cli_t2i_scores_image_files_and_logs(tmp_path, tracking_uri, capsys):
     rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(12))  # the JSONL rows have no id: their position
     assert [not r["correct"] for r in rows] == [i in corrupt for i in range(12)]
+    assert [r["caption"] for r in rows] == [r["caption"] for r in recs]
     rep = json.loads(out.read_text())
     assert rep["metrics"]["task/counting"] == 0.0 and rep["metrics"]["task/position"] == 1.0
     assert rep["metrics"]["overall"] == pytest.approx(5 / 6)
@@ -178,7 +179,9 @@ def test_cli_generation_and_mmu_with_a_checkpoint(tiny_ckpt, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["sampler"]["source"] == "model" and rep["sampler"]["steps"] == 4 and rep["n"] == 6
     rows = [json.loads(x) for x in (tmp_path / "t2i.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == [r["id"] for r in generate_shapes(6, seed=0)]  # the records' own ids
+    recs = generate_shapes(6, seed=0)
+    assert [r["id"] for r in rows] == [r["id"] for r in recs]  # the records' own ids
+    assert [r["caption"] for r in rows] == [r["caption"] for r in recs]  # scored from metadata, caption kept
     assert rep["model"]["version"].startswith("sha256:") and 0.0 <= rep["metrics"]["overall"] <= 1.0
     assert (tmp_path / "generated_grid.png").is_file()
     out = tmp_path / "mmu.json"

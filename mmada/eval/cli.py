@@ -226,7 +226,8 @@ def _t2i(args) -> int:
         specs = [r.get("metadata") if isinstance(r.get("metadata"), dict) and "objects" in r["metadata"] else r["caption"]
                  for r in recs]
         report, rows, grid = evaluate_t2i_shapes(images, specs, dataset=dataset, sampler=sampler, model_ref=ref,
-                                                 ids=[r.get("id", i) for i, r in enumerate(recs)])
+                                                 ids=[r.get("id", i) for i, r in enumerate(recs)],
+                                                 captions=[r.get("caption") for r in recs])
         return _finish(args, report, rows=rows, images={"generated_grid": grid})
     from mmada.eval.report import image_grid
 

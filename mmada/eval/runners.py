@@ -396,16 +396,19 @@ def generate_images(lm, codec: ImageCodec, captions: Sequence[str], sampler: Sam
 def evaluate_t2i_shapes(
     images: Sequence[Image.Image], specs: Sequence[str | Mapping], *, dataset: str, sampler: SamplerSettings,
     model_ref: ModelRef | None = None, grid_size: int = 32, ids: Sequence | None = None,
+    captions: Sequence[str | None] | None = None,
 ) -> tuple[EvalReport, list[dict], Image.Image]:
     """GenEval-like shapes score; returns the report, per-image rows and a grid of the first images.
 
     Each row carries an ``id`` (``ids``, else the image's position) so two evaluations of the same
-    prompts can be compared image by image (:mod:`mmada.eval.paired`).
+    prompts can be compared image by image (:mod:`mmada.eval.paired`), and its caption (``captions``
+    where a spec is ground-truth metadata, which holds none).
     """
     if len(images) != len(specs):
         raise MMaDAError(f"{len(images)} images for {len(specs)} captions/metadata; lengths must match")
-    if ids is not None and len(ids) != len(images):
-        raise MMaDAError(f"{len(ids)} ids for {len(images)} images; lengths must match")
+    for name, extra in (("ids", ids), ("captions", captions)):
+        if extra is not None and len(extra) != len(images):
+            raise MMaDAError(f"{len(extra)} {name} for {len(images)} images; lengths must match")
     if not images:
         raise MMaDAError(f"{dataset}: no images to score")
     rows = []
@@ -413,6 +416,8 @@ def evaluate_t2i_shapes(
         r = score_shapes_image(im, sp)
         rows.append({"id": i if ids is None else ids[i]}
                     | {k: r[k] for k in ("correct", "task", "caption", "score", "criteria", "groups", "detected")})
+        if rows[-1]["caption"] is None and captions is not None:
+            rows[-1]["caption"] = captions[i]
     summary = geneval_summary(rows)
     metrics = {"overall": summary["overall"]} | {f"task/{t}": v for t, v in summary["tasks"].items()}
     metrics["mean_criteria_score"] = float(np.mean([r["score"] for r in rows]))
