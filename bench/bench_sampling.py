@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from mmada.data.builtin.arithmetic import generate_arithmetic
+from mmada.builtin.arithmetic import generate_arithmetic
 from mmada.diffusion import generate_image, generate_text, unified_loss
 from mmada.diffusion.settings import SamplerSettings
 from mmada.inference import LoadedModel, load_checkpoint

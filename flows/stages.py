@@ -35,9 +35,9 @@ from pydantic import Field
 
 from flows.reporting import PrefectReporter, follow_stage_output
 from mmada.errors import MMaDAError
+from mmada.files import write_json, write_text
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
-from mmada.pipeline.files import write_json_atomic, write_text_atomic
 from mmada.pipeline.launch import LaunchSpec, launch
 from mmada.pipeline.params import EvalParams, PipelineParams, TokenizerParams, dump_params
 from mmada.pipeline.steps import StageContext, StageOutputs, run_evaluate, run_tokenizer, run_train, run_vq
@@ -122,7 +122,7 @@ def evaluate_flow(params: EvalParams = DEFAULT_EVAL, model: ModelURI = "models:/
     ref = {"stage": "evaluate-input", "registered_model": parsed["name"], "version": str(mv.version),
            "model_uri": f"models:/{parsed['name']}/{mv.version}", "tracking_uri": ctx.tracking_uri,
            "run_id": mv.run_id}
-    ref_path = write_json_atomic(Path(ctx.outputs.base) / "models" / "input.json", ref)
+    ref_path = write_json(Path(ctx.outputs.base) / "models" / "input.json", ref)
     return run_evaluate(params, ctx, model_ref_path=ref_path, image_tokenizer=image_tokenizer, producer="(input)")
 
 
@@ -188,7 +188,7 @@ def pipeline_flow(params: PipelineParams, stages: list[StageName] | None = None,
                                  "(or `params.grpo` is empty).", key="pipeline-note")
     order = [s for s in S.STAGE_NAMES if s in wanted]
     rid = str(flow_run.get_id() or "local")
-    params_file = write_text_atomic(Path(S.PIPELINE_DIR) / "flow-params" / f"{rid}.yaml", dump_params(params))
+    params_file = write_text(Path(S.PIPELINE_DIR) / "flow-params" / f"{rid}.yaml", dump_params(params))
     log.info("running %d stages: %s (params %s)", len(order), " -> ".join(order), params_file)
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 

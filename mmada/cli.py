@@ -4,7 +4,7 @@ Each area of the library contributes its subcommands through a ``register(subpar
 function; the subcommand handlers are the same library functions that Prefect flows and DVC
 stages call, so there is exactly one code path per job.
 
-    mmada demo                      # tiny model: train a few steps on CPU, then sample
+    mmada pipeline                  # the whole tiny pipeline (what `make demo` runs)
     mmada generate CKPT --prompt …  # text / chat generation with the diffusion sampler
     mmada t2i CKPT --prompt …       # text-to-image token generation
 """

@@ -1,4 +1,4 @@
-"""Core subcommands: ``demo``, ``generate`` (text/MMU-free chat) and ``t2i`` (image tokens).
+"""Core subcommands: ``generate`` (text answers) and ``t2i`` (image tokens) from a checkpoint.
 
     mmada generate CKPT --prompt "What is 2+3?" --gen-length 256 --steps 256 --cache prefix --threshold 0.9
     mmada t2i CKPT --prompt "a red circle" --guidance-scale 2 --cache prefix
@@ -11,13 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from mmada.demo import run_demo
-
-    run_demo(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -65,13 +58,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train the tiny preset for a few steps on CPU and sample from it")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_demo)
-
     p = sub.add_parser("generate", help="generate text answers with the block diffusion sampler")
     _common(p)
     p.add_argument("--steps", type=int, default=64)

@@ -1,4 +1,4 @@
-"""The `mmada` command: generate / t2i on a checkpoint directory, the demo, and bad input."""
+"""The `mmada` command: generate / t2i on a checkpoint directory, and bad input."""
 
 import json
 
@@ -58,12 +58,3 @@ def test_tokenizer_checkpoint_mismatch_is_reported(checkpoint, tmp_path, capsys)
     assert cfg["llm_vocab_size"] == 1024
     rc = main(["generate", str(tmp_path), "--prompt", "x"])
     assert rc == 2 and "llm_vocab_size is 1000" in capsys.readouterr().err
-
-
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    rc = main(["demo", "--steps", "3", "--out", str(tmp_path / "demo")])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "step    0" in out and "text samples" in out and "image samples" in out
-    assert (tmp_path / "demo" / "model" / "config.json").exists()
-    assert (tmp_path / "demo" / "t2i_samples.png").exists()

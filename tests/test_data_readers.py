@@ -363,14 +363,14 @@ def test_builtin_arithmetic_deterministic_by_seed(tmp_path):
     _, c, _ = run(tmp_path, "reasoning", [{**src, "seed": 4}], name="c", filters={"exact_dedup": False})
     assert len(a) == 60 and [s["txt"] for s in a.values()] == [s["txt"] for s in b.values()]
     assert [s["txt"] for s in a.values()] != [s["txt"] for s in c.values()]
-    from mmada.data.builtin.arithmetic import generate_arithmetic
+    from mmada.builtin.arithmetic import generate_arithmetic
 
     ref = generate_arithmetic(60, seed=3)
     assert [s["json"].answer for s in a.values()] == [r["answer"] for r in ref]
 
 
 def test_builtin_shapes_captions_and_vqa(tmp_path):
-    from mmada.data.builtin.shapes import generate_shapes, render_scene
+    from mmada.builtin.shapes import generate_shapes, render_scene
 
     ref = generate_shapes(12, seed=2)
     _, cap, _ = run(tmp_path, "t2i", [{"type": "builtin", "uri": "builtin:shapes", "n": 12, "seed": 2}], name="cap",

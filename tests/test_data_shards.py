@@ -16,9 +16,9 @@ import pytest
 
 from mmada.data import curate as C
 from mmada.data.errors import CountMismatchError, ShardError
-from mmada.data.io import atomic_write
 from mmada.data.shards import ShardSet, write_shard, write_tar
 from mmada.data.specs import load_spec
+from mmada.files import atomic_write
 from tests.test_data_readers import GSM8K_ROWS, write_jsonl
 
 ARITH = {"name": "ar", "kind": "reasoning", "sources": [{"type": "builtin", "uri": "builtin:arithmetic", "n": 300}],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmada.data.builtin.shapes import generate_shapes
+from mmada.builtin.shapes import generate_shapes
 from mmada.errors import MMaDAError
 from mmada.eval.clip_score import CLIPScorer
 

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 import torch
 
+from mmada.builtin.arithmetic import generate_arithmetic
 from mmada.cli import main
-from mmada.data.builtin.arithmetic import generate_arithmetic
 from mmada.errors import MMaDAError
 from mmada.eval.decontam import exclude_seen, held_out, normalize
 from mmada.eval.runners import load_records

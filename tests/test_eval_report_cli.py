@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from mmada.builtin.shapes import generate_shapes, render_scene
 from mmada.cli import main
-from mmada.data.builtin.shapes import generate_shapes, render_scene
 from mmada.eval.report import EvalReport, ModelRef, SamplerSettings, flatten_metrics, image_grid, log_report
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import load_text_tokenizer

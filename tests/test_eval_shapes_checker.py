@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from mmada.data.builtin.shapes import COLORS, SHAPES, TASKS, generate_shapes, render_scene
+from mmada.builtin.shapes import COLORS, SHAPES, TASKS, generate_shapes, render_scene
 from mmada.errors import MMaDAError
 from mmada.eval import geneval_summary, parse_caption, score_shapes_image, score_shapes_set
 from mmada.eval.shapes_checker import spec_from_metadata

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mmada.data.builtin.arithmetic import generate_arithmetic
-from mmada.data.builtin.shapes import generate_shapes, render_scene
+from mmada.builtin.arithmetic import generate_arithmetic
+from mmada.builtin.shapes import generate_shapes, render_scene
 from mmada.errors import ConfigError
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.rl import (

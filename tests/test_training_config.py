@@ -53,7 +53,7 @@ def test_overrides_and_errors_name_the_field():
     cases = {
         "optim.lr=-1": r"optim\.lr: Input should be greater than 0",
         "trainer.precision=fp8": r"trainer\.precision: Input should be",
-        "optim.lrr=1": r"optim\.lrr: Extra inputs are not permitted",
+        "optim.lrr=1": r"optim\.lrr: unknown field",
         "data.streams.chat.manifests=[x]": r"data\.streams: stage 'pretrain' trains",
         "loss.coeffs={t2i: 1.0}": r"loss\.coeffs: no coefficient for the stream\(s\) \['lm', 'mmu'\]",
         "model.init=models:/x@y": r"set exactly one of model\.preset",

@@ -67,6 +67,7 @@ from mmada.data.sources import Chunk, Normalized, RawRecord, RawReject, get_read
 from mmada.data.specs import CurationSpec, SourceBase, spec_hash
 from mmada.data.templates import build_messages, final_text, render
 from mmada.data.tokens import count_tokens, get_tokenizer, tokenizer_fingerprint
+from mmada.files import atomic_write, remove_partials, write_bytes
 
 WORK_DIR = "_work"
 QUARANTINE_NAME = "quarantine.jsonl"
@@ -300,7 +301,7 @@ def process_chunk(spec: CurationSpec, plan: CurationPlan, source_index: int, chu
                 sigs.append(hasher.signature(dtext))
         pending.clear()
 
-    with dio.atomic_write(paths["tar"]) as f:
+    with atomic_write(paths["tar"]) as f:
         tar = TarStreamWriter(f)
         for item in reader.read(src, ch, flt):
             seq = read
@@ -324,12 +325,12 @@ def process_chunk(spec: CurationSpec, plan: CurationPlan, source_index: int, chu
         flush(tar)
         tar.close()
     rejects.sort(key=lambda r: r["seq"])
-    dio.write_bytes_atomic(paths["meta"], "".join(json.dumps(m, sort_keys=True) + "\n" for m in metas).encode())
-    dio.write_bytes_atomic(paths["rejects"], "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n"
+    write_bytes(paths["meta"], "".join(json.dumps(m, sort_keys=True) + "\n" for m in metas).encode())
+    write_bytes(paths["rejects"], "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n"
                                                       for r in rejects).encode())
     if hasher is not None:
         arr = np.stack(sigs) if sigs else np.zeros((0, flt.near_dedup_num_perm), np.uint32)
-        with dio.atomic_write(paths["minhash"]) as f:
+        with atomic_write(paths["minhash"]) as f:
             np.save(f, arr, allow_pickle=False)
     by_reason = Counter(r["reason"] for r in rejects)
     return {"source": src.name, "source_index": source_index, "chunk": ch.index, "read": read, "kept": len(metas),
@@ -404,10 +405,10 @@ def plan_shards(spec: CurationSpec, plan: CurationPlan, chunk_results: list[dict
             shards.append(_shard_entry(spec, split, sum(1 for s in shards if s["split"] == split), cur))
     chunk_tars = [r["paths"]["tar"] for r in results]
     plan_uri, dedup_uri = dio.join(plan.work, "plan.json"), dio.join(plan.work, "dedup.jsonl")
-    dio.write_bytes_atomic(plan_uri, json.dumps({"chunk_tars": chunk_tars, "shards": shards}).encode())
+    write_bytes(plan_uri, json.dumps({"chunk_tars": chunk_tars, "shards": shards}).encode())
     for k, line in enumerate(dedup_lines):
         line["seq"] = k
-    dio.write_bytes_atomic(dedup_uri, "".join(json.dumps(x, sort_keys=True, ensure_ascii=False) + "\n"
+    write_bytes(dedup_uri, "".join(json.dumps(x, sort_keys=True, ensure_ascii=False) + "\n"
                                               for x in dedup_lines).encode())
     stats = {s: st.model_dump() for s in SPLITS if (st := _token_stats(tokens[s])) is not None}
     return {"plan": plan_uri, "dedup": dedup_uri,
@@ -550,7 +551,7 @@ def finalize(spec: CurationSpec, plan: CurationPlan, chunk_results: list[dict[st
             lines.append(json.dumps(rec, sort_keys=True, ensure_ascii=False).encode() + b"\n")
     quarantine = b"".join(lines)
     q_uri = dio.join(plan.output, QUARANTINE_NAME)
-    dio.write_bytes_atomic(q_uri, quarantine)
+    write_bytes(q_uri, quarantine)
 
     kept_by_source: Counter = Counter()
     for s in shards:
@@ -585,9 +586,9 @@ def finalize(spec: CurationSpec, plan: CurationPlan, chunk_results: list[dict[st
         vq={**spec.vq.model_dump(mode="json", exclude={"device", "batch_size"}), "fingerprint": plan.vq_fingerprint}
         if spec.vq.enabled else None,
     )
-    dio.write_bytes_atomic(dio.join(plan.output, DATACARD_NAME), datacard(manifest, _examples(plan.output, shards)).encode())
-    dio.write_bytes_atomic(dio.join(plan.output, MANIFEST_NAME), manifest.to_json())
-    dio.remove_partials(plan.output)
+    write_bytes(dio.join(plan.output, DATACARD_NAME), datacard(manifest, _examples(plan.output, shards)).encode())
+    write_bytes(dio.join(plan.output, MANIFEST_NAME), manifest.to_json())
+    remove_partials(plan.output)
     if not keep_work:
         dio.remove_tree(dio.join(plan.output, WORK_DIR))
     return manifest

@@ -1,11 +1,11 @@
-"""URIs and files for the data platform: scheme checks, fsspec access, atomic writes.
+"""URIs and files for the data platform: scheme checks, fsspec access.
 
 Every path in a data spec is a local path or an fsspec URL (``file://``, ``s3://``, ``gs://``,
 ``hf://``, ``memory://`` …). Specs can arrive from the Prefect UI, so URLs that run shell commands
 (WebDataset's ``pipe:``) are refused unless the *operator* sets ``MMADA_ALLOW_PIPE_URLS=1`` in the
 environment of the process that curates — a spec field cannot turn it on. Outputs are always
-written to a temporary sibling name and renamed into place, so a file under its final name is
-complete; names written below an output URI are checked so they cannot leave it.
+written atomically (:mod:`mmada.files`); names written below an output URI are checked so they
+cannot leave it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import IO
 
@@ -35,7 +34,6 @@ ALLOWED_PROTOCOLS = frozenset(
 BUILTIN_URIS = frozenset({"builtin:arithmetic", "builtin:shapes", "sklearn:digits"})
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-PARTIAL_SUFFIX = ".partial"
 
 
 def pipe_urls_allowed() -> bool:
@@ -195,49 +193,6 @@ def sha256_uri(uri: str, block: int = 1 << 22) -> tuple[str, int]:
             h.update(chunk)
             n += len(chunk)
     return h.hexdigest(), n
-
-
-@contextlib.contextmanager
-def atomic_write(uri: str) -> Iterator[IO[bytes]]:
-    """Write ``uri`` via a temporary sibling (``.<name>.<uuid>.partial``) renamed on success.
-
-    On any exception the temporary file is removed and nothing appears under the final name.
-    """
-    fs, path = fs_and_path(uri)
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}" if parent else f".{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        with fs.open(tmp, "wb") as f:
-            yield f
-        if _is_local_fs(fs):
-            os.replace(tmp, path)  # atomic on POSIX, also when replacing an existing file
-        else:
-            fs.mv(tmp, path)  # object stores: the copy appears whole under the final key
-    except BaseException:
-        with contextlib.suppress(Exception):
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        raise
-
-
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    with atomic_write(uri) as f:
-        f.write(data)
-
-
-def remove_partials(base: str) -> int:
-    """Delete leftover ``*.partial`` temporaries directly below ``base`` (after a crash)."""
-    fs, path = fs_and_path(base)
-    if not fs.exists(path):
-        return 0
-    n = 0
-    for p in fs.ls(path, detail=False):
-        if p.rsplit("/", 1)[-1].endswith(PARTIAL_SUFFIX):
-            fs.rm(p)
-            n += 1
-    return n
 
 
 def remove_tree(uri: str) -> None:

@@ -30,7 +30,9 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from mmada.config import Strict
 
 SCHEMA_VERSION = 1
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -39,30 +41,25 @@ MEMBER_ORDER = ("json", "txt", "png", "codes.npy")  # member order inside a samp
 Role = Literal["system", "user", "assistant"]
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Message(Strict):
     role: Role
     content: str
 
 
-class ImageInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ImageInfo(Strict):
     width: int
     height: int
     sha256: str = Field(description="sha256 of the RGB pixels (row-major, uint8) — identifies the picture")
 
 
-class CodesInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CodesInfo(Strict):
     length: int
     tokenizer: str
     resolution: int | None = None
 
 
-class Sample(BaseModel):
+class Sample(Strict):
     """One curated sample (the ``json`` member). See the module docstring for the per-kind fields."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
     key: str

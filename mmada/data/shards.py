@@ -4,7 +4,7 @@ Writing (:func:`write_shard`): POSIX ustar headers with fixed metadata (mtime 0,
 owner names, mode 0444) and a fixed member order, so the same samples always give the same bytes — which is what lets DVC dedupe and what the Dask-vs-default equality test checks.
 Member names are ``<key>.<ext>`` with a validated key and a known extension, so nothing written
 can land outside the shard's own namespace. Each shard goes through a temporary name and is
-renamed into place (:func:`mmada.data.io.atomic_write`), while its sha256 is computed on the fly.
+renamed into place (:func:`mmada.files.atomic_write`), while its sha256 is computed on the fly.
 
 Reading (:class:`ShardSet`): opens ``manifest.json``, checks every shard's size and sha256 before
 yielding its samples, and raises :class:`~mmada.data.errors.ShardError` naming the shard that is
@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from mmada.config import Strict
 from mmada.data.errors import ShardError
-from mmada.data.io import atomic_write, fs_and_path, is_local, join
+from mmada.data.io import fs_and_path, is_local, join
 from mmada.data.schema import KEY_PATTERN, MEMBER_ORDER, Sample
+from mmada.files import atomic_write
 
 MANIFEST_FORMAT = "mmada-shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -43,17 +45,13 @@ _MEMBER_RE = re.compile(r"^([A-Za-z0-9_-]+)\.(.+)$")
 # Manifest
 
 
-class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Counts(_M):
+class Counts(Strict):
     read: int = 0
     kept: int = 0
     rejected: int = 0
 
 
-class SourceEntry(_M):
+class SourceEntry(Strict):
     name: str
     type: str
     uri: str
@@ -62,7 +60,7 @@ class SourceEntry(_M):
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
 
 
-class ShardInfo(_M):
+class ShardInfo(Strict):
     name: str
     split: Literal["train", "val"]
     count: int
@@ -71,13 +69,13 @@ class ShardInfo(_M):
     sources: dict[str, int] = Field(default_factory=dict, description="samples per source in this shard")
 
 
-class SplitInfo(_M):
+class SplitInfo(Strict):
     shards: int
     samples: int
     bytes: int
 
 
-class TokenStats(_M):
+class TokenStats(Strict):
     count: int
     total: int
     min: int
@@ -87,13 +85,13 @@ class TokenStats(_M):
     p95: int
 
 
-class QuarantineInfo(_M):
+class QuarantineInfo(Strict):
     file: str
     lines: int
     sha256: str
 
 
-class Manifest(_M):
+class Manifest(Strict):
     """``manifest.json``: what a shard set holds and how to check it (no timestamps: reproducible)."""
 
     format: str = MANIFEST_FORMAT

@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from mmada.config import Strict, apply_overrides, parse_yaml, validate
 from mmada.data.errors import SpecError
-from mmada.data.io import BUILTIN_URIS, check_uri
+from mmada.data.io import BUILTIN_URIS, check_uri, read_bytes
 
 Kind = Literal["reasoning", "image_text", "mmu", "t2i"]
 KIND_ALIASES = {"vqa": "mmu"}
@@ -32,10 +32,6 @@ THINK_PREFIX = (
     "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
     "process here </think> answer here\n"
 )
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,7 +55,7 @@ DEFAULT_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
-class SourceBase(_Strict):
+class SourceBase(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique source name (keys and counts use it)")]
     uri: Annotated[str, Field(description="Local path or fsspec URL; globs and {000..009} braces expand")]
     fields: dict[str, str] = Field(default_factory=dict, description="canonical field -> source column/key")
@@ -190,7 +186,7 @@ class BuiltinSource(SourceBase):
         if self.uri == "builtin:shapes" and self.image_size < 16:
             raise ValueError("builtin:shapes needs image_size >= 16")
         if self.tasks is not None:
-            from mmada.data.builtin.shapes import TASKS
+            from mmada.builtin.shapes import TASKS
 
             bad = [t for t in self.tasks if t not in TASKS]
             if bad or not self.tasks:
@@ -233,7 +229,7 @@ def source_has_gold(src: SourceBase) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
-class FilterSpec(_Strict):
+class FilterSpec(Strict):
     """Per-record filters. Every rejected record goes to quarantine.jsonl with its reason."""
 
     min_tokens: int | None = Field(None, ge=0, description="Drop samples whose rendered text is shorter")
@@ -255,7 +251,7 @@ class FilterSpec(_Strict):
         return self
 
 
-class TemplateSpec(_Strict):
+class TemplateSpec(Strict):
     """Prompt rendering: the LLaDA/MMaDA chat template and the ``<think>`` convention."""
 
     bos: str = "<|startoftext|>"
@@ -269,23 +265,23 @@ class TemplateSpec(_Strict):
     )
 
 
-class SplitSpec(_Strict):
+class SplitSpec(Strict):
     """Deterministic train/val split by a stable hash of each sample's key."""
 
     val_fraction: float = Field(0.05, ge=0.0, le=0.5)
     salt: str = Field("mmada", description="Change to draw a different (still deterministic) split")
 
 
-class ShardSpec(_Strict):
+class ShardSpec(Strict):
     max_samples: int = Field(10_000, ge=1, description="Samples per shard")
     max_bytes: int = Field(1_000_000_000, ge=4096, description="Bytes per shard (a soft limit: ~1 GB suits DVC)")
 
 
-class ImageSpec(_Strict):
+class ImageSpec(Strict):
     size: int | None = Field(None, ge=8, description="Resize (shorter side) + centre-crop to size×size; None: keep")
 
 
-class VQSpec(_Strict):
+class VQSpec(Strict):
     """Optional pre-tokenisation of images with the MAGVIT-v2 tokenizer (``codes.npy`` members)."""
 
     enabled: bool = False
@@ -297,7 +293,7 @@ class VQSpec(_Strict):
     keep_png: bool = Field(True, description="Keep the png member next to the codes")
 
 
-class CurationSpec(_Strict):
+class CurationSpec(Strict):
     """What to curate. See data_specs/*.yaml for one ready spec per supported format."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Dataset name (shard names use it)")]
@@ -379,73 +375,12 @@ def spec_hash(spec: CurationSpec) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _format_loc(loc: tuple) -> str:
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        # drop the discriminator tag pydantic inserts after a list index: sources.0.gsm8k.uri -> sources.0.uri
-        if isinstance(item, str) and item in SOURCE_TYPES and i > 0 and isinstance(loc[i - 1], int):
-            continue
-        parts.append(str(item))
-    return ".".join(parts)
-
-
-def format_validation_error(exc: ValidationError, what: str = "spec") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = _format_loc(tuple(err.get("loc", ())))
-        msg = err.get("msg", "")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        msg = msg.removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return f"invalid {what}: " + "; ".join(lines)
-
-
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    cur: Any = data
-    for i, k in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(cur, list):
-            if not k.isdigit() or int(k) >= len(cur):
-                raise SpecError(f"override {dotted!r}: {'.'.join(keys[:i]) or 'spec'} has no item {k!r}")
-            if last:
-                cur[int(k)] = value
-            else:
-                cur = cur[int(k)]
-        elif isinstance(cur, dict):
-            if last:
-                cur[k] = value
-            else:
-                cur = cur.setdefault(k, {})
-        else:
-            raise SpecError(f"override {dotted!r}: {'.'.join(keys[:i])} is not a mapping or list")
-
-
-def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars/lists) to a raw spec dict."""
-    data = json.loads(json.dumps(data))  # deep copy of plain data
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise SpecError(f"override {ov!r} must look like key.sub=value")
-        key, raw = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise SpecError(f"override {key!r}: cannot parse value {raw!r}: {exc}") from exc
-        _set_dotted(data, key.strip(), value)
-    return data
-
-
 def validate_spec(data: dict, overrides: list[str] | None = None) -> CurationSpec:
     """Validate a raw dict (after overrides) into a :class:`CurationSpec`, or raise :class:`SpecError`."""
     if not isinstance(data, dict):
         raise SpecError(f"a data spec must be a mapping, got {type(data).__name__}")
-    data = apply_overrides(data, overrides)
-    try:
-        return CurationSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(format_validation_error(exc)) from None
+    data = apply_overrides(data, overrides, error=SpecError)
+    return validate(CurationSpec, data, "invalid spec", error=SpecError, tags=frozenset(SOURCE_TYPES))
 
 
 def load_spec(path: str | Path | dict | CurationSpec, overrides: list[str] | None = None) -> CurationSpec:
@@ -454,16 +389,10 @@ def load_spec(path: str | Path | dict | CurationSpec, overrides: list[str] | Non
         return validate_spec(path.model_dump(mode="json"), overrides) if overrides else path
     if isinstance(path, dict):
         return validate_spec(path, overrides)
-    from mmada.data.io import read_bytes
-
     uri = str(path)
     check_uri(uri, field="spec path", allow_pipe=False)
     try:
         text = read_bytes(uri).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"spec {uri!r} is not UTF-8 text") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"spec {uri!r} is not valid YAML: {exc}") from exc
-    return validate_spec(data, overrides)
+    return validate_spec(parse_yaml(text, f"spec {uri!r}", error=SpecError), overrides)

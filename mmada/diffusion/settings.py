@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mmada.config import validate
 from mmada.diffusion.masking import get_schedule
 from mmada.errors import MMaDAError, SamplerError
 
@@ -31,14 +32,7 @@ class _Settings(BaseModel):
     @classmethod
     def make(cls, **kwargs):
         """Validate ``kwargs`` into settings; errors become :class:`SamplerError` naming the field."""
-        try:
-            return cls(**kwargs)
-        except ValidationError as exc:
-            msgs = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']} (got {e.get('input')!r})"
-                for e in exc.errors()
-            )
-            raise SamplerError(f"invalid {cls.__name__}: {msgs}") from None
+        return validate(cls, kwargs, f"invalid {cls.__name__}", error=SamplerError)
 
     def generator(self, device: str | torch.device = "cpu") -> torch.Generator:
         """A torch generator seeded with ``seed``."""

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmada.errors import MMaDAError
+from mmada.files import write_bytes
 
 INPUT_SIZE = 16  # classifier input side (grey)
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
@@ -264,15 +265,10 @@ def _train(x_train, y_train, x_test, y_test, classes, image_size, epochs, seed, 
 
 def save_classifier(bundle: ClassifierBundle, path: str | os.PathLike) -> Path:
     """Save weights + metadata as safetensors (written to a temp file, then renamed)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
     state = {k: v.contiguous() for k, v in bundle.model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"mmada_classifier": json.dumps(bundle.meta)})
-    os.replace(tmp, p)
-    return p
+    return write_bytes(Path(path), save(state, metadata={"mmada_classifier": json.dumps(bundle.meta)}))
 
 
 def load_classifier(path: str | os.PathLike) -> ClassifierBundle:

@@ -92,18 +92,19 @@ def _load_lm(args):
 
 
 def _finish(args, report, *, rows=None, images: dict | None = None) -> int:
-    from mmada.eval.report import log_report, save_png_atomic, write_jsonl_atomic
+    from mmada.eval.report import log_report
+    from mmada.files import save_png, write_jsonl
 
     print(report.table())
     out = Path(args.out or f"runs/eval/{report.suite}-{report.protocol}.json")
     report.write_json(out)
     print(f"report: {out}")
     if rows is not None and args.samples_out:
-        write_jsonl_atomic(rows, args.samples_out)
+        write_jsonl(args.samples_out, rows)
         print(f"samples: {args.samples_out}")
     if images and args.images_dir:
         for name, im in images.items():
-            print(f"image: {save_png_atomic(im, Path(args.images_dir) / f'{name}.png')}")
+            print(f"image: {save_png(Path(args.images_dir) / f'{name}.png', im)}")
     if args.tracking_uri:
         rid = log_report(report, args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
                          images=images or {})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -26,17 +25,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from mmada.config import Strict
 from mmada.errors import MMaDAError
+from mmada.files import save_png, write_json
 
 FULL_HASH_LIMIT = 2 * 1024**3  # hash weight contents up to 2 GiB; larger → header/size fingerprint
 
 
-class SamplerSettings(BaseModel):
+class SamplerSettings(Strict):
     """Decoding settings behind the evaluated outputs (None = not applicable / unknown)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     source: Literal["model", "predictions_file", "ground_truth"] = "model"
     """``model``: generated in this run; ``predictions_file``: scored from a file (settings as stated)."""
@@ -57,8 +57,7 @@ class SamplerSettings(BaseModel):
     seed: int | None = None
 
 
-class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ModelRef(Strict):
 
     path: str | None = None
     version: str | None = None
@@ -94,10 +93,9 @@ def weights_fingerprint(path: str | os.PathLike) -> str | None:
     return ("sha256:" if full else "meta:") + h.hexdigest()[:12]
 
 
-class EvalReport(BaseModel):
+class EvalReport(Strict):
     """One evaluation result with everything needed to interpret and reproduce it."""
 
-    model_config = ConfigDict(extra="forbid")
 
     suite: str
     """What was evaluated: ``math``, ``mmu``, ``pope``, ``t2i_shapes``, ``t2i_class``, ``clip``, …"""
@@ -130,7 +128,7 @@ class EvalReport(BaseModel):
         return f"{line}\n{body}\n{line}"
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        return write_json_atomic(self.model_dump(mode="json"), path)
+        return write_json(path, self.model_dump(mode="json"))
 
 
 def _fmt(v: Any) -> str:
@@ -162,37 +160,6 @@ def flatten_metrics(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON to a temp file in the same directory, then rename (no half-written files)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
-def write_jsonl_atomic(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r, default=str) + "\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
 # ---------------------------------------------------------------------------------------------
 # images
 
@@ -210,20 +177,6 @@ def image_grid(images: Sequence[Image.Image], ncol: int = 8, pad: int = 2, scale
         r, c = divmod(i, ncol)
         grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
     return grid
-
-
-def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +231,7 @@ def log_report(
             report.write_json(Path(tmp) / "report.json")
             client.log_artifact(rid, str(Path(tmp) / "report.json"))
             for name, im in (images or {}).items():
-                f = save_png_atomic(im, Path(tmp) / "images" / f"{name}.png")
+                f = save_png(Path(tmp) / "images" / f"{name}.png", im)
                 client.log_artifact(rid, str(f), artifact_path="images")
         for a in extra_artifacts:
             client.log_artifact(rid, str(a))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmada.builtin.shapes import palette_codes, palette_image
 from mmada.errors import MMaDAError
 from mmada.eval.answers import PROTOCOLS, default_match, math_accuracy
 from mmada.eval.mmu import pope_evaluate, qa_accuracy
@@ -87,12 +88,12 @@ def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int
         name = source.split(":", 1)[1]
         count = BUILTIN_DEFAULT_N if n is None else n
         if name == "arithmetic":
-            from mmada.data.builtin.arithmetic import generate_arithmetic
+            from mmada.builtin.arithmetic import generate_arithmetic
 
             levels = {} if difficulty is None else {"difficulty": difficulty}
             return generate_arithmetic(count, seed=seed, start=start, **levels)
         if name == "shapes":
-            from mmada.data.builtin.shapes import generate_shapes
+            from mmada.builtin.shapes import generate_shapes
 
             return generate_shapes(count, seed=seed, start=start)
         raise MMaDAError(f"unknown built-in dataset {source!r}; expected builtin:arithmetic, builtin:shapes "
@@ -242,18 +243,14 @@ class ImageCodec(Protocol):
 
 
 class PaletteCodec:
-    """The demo's fixed palette quantiser: 4×4 patches → nearest palette colour (8×8 = 64 codes)."""
+    """The built-in world's fixed palette quantiser: 4×4 patches → nearest palette colour (8×8 = 64 codes)."""
 
     name = "palette"
 
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        from mmada.demo import palette_codes
-
         return torch.from_numpy(np.stack([palette_codes(im) for im in images])).long()
 
     def decode(self, codes: torch.Tensor) -> list[Image.Image]:
-        from mmada.demo import palette_image
-
         return [palette_image(c.cpu().numpy()) for c in codes]
 
 

@@ -1,4 +1,4 @@
-"""A GenEval-like checker for the built-in shapes world (``mmada.data.builtin.shapes``).
+"""A GenEval-like checker for the built-in shapes world (``mmada.builtin.shapes``).
 
 It inverts the renderer: flat palette colours on black, so an image is parsed back into objects
 and the caption's claims are checked exactly. It is also the UniGRPO text-to-image reward, so it
@@ -23,7 +23,7 @@ has to survive real decoded generations (colour drift, soft edges, noise), hence
    GenEval does not penalise extra objects outside counting) and the relation to hold between
    object centres.
 
-    >>> from mmada.data.builtin.shapes import generate_shapes
+    >>> from mmada.builtin.shapes import generate_shapes
     >>> rec = generate_shapes(1)[0]
     >>> score_shapes_image(rec["image"], rec["caption"])["correct"]
     True
@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmada.data.builtin.shapes import (
+from mmada.builtin.shapes import (
     COLORS,
     NUMBER_WORDS,
     RELATIONS,

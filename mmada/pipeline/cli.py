@@ -14,22 +14,17 @@ import argparse
 import json
 from pathlib import Path
 
-from mmada.errors import ConfigError, MMaDAError
+from mmada.errors import MMaDAError
 
 
 def _launch_spec(text: str | None):
-    from pydantic import ValidationError
-
+    from mmada.config import parse_yaml, validate
     from mmada.pipeline.launch import LaunchSpec
-    from mmada.pipeline.params import format_errors
 
     if not text:
         return LaunchSpec()
     raw = Path(text).read_text() if not text.lstrip().startswith("{") and Path(text).is_file() else text
-    try:
-        return LaunchSpec.model_validate_json(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc, "--launch")) from None
+    return validate(LaunchSpec, parse_yaml(raw, "--launch"), "--launch")  # JSON is YAML
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from mmada.config import Strict
 from mmada.errors import MMaDAError
 
 TAIL_LINES = 60
@@ -45,10 +46,9 @@ class LaunchError(MMaDAError):
     """The launched job failed (non-zero exit, could not be submitted, or was cancelled)."""
 
 
-class LaunchSpec(BaseModel):
+class LaunchSpec(Strict):
     """How a training job is started: a subprocess here, ``torchrun`` here, or a SLURM batch job."""
 
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["local", "torchrun", "sbatch"] = Field(
         "local", description="local: one subprocess on this machine; torchrun: procs_per_node processes on this "

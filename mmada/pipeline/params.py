@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from mmada.config import Strict, read_yaml, validate
 from mmada.data.specs import CurationSpec
 from mmada.errors import ConfigError
+from mmada.files import write_text
 from mmada.pipeline.stages import DATASETS, PARAMS_FILE, TOKENIZER_DIR, VQ_DIR, VQ_OUTPUT_DIR, data_dir
 from mmada.training.config import STAGE_TASKS, TrainConfig
 from mmada.vq.config import VQTrainConfig
@@ -35,18 +37,14 @@ def grpo_available() -> bool:
     return "grpo" in STAGE_TASKS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TokenizerParams(_Strict):
+class TokenizerParams(Strict):
     """The text tokenizer: a byte-level BPE trained on the built-in corpus (deterministic, ~1 s)."""
 
     vocab_size: int = Field(1024, ge=512, le=65536, description="Text vocabulary size; must equal the model "
                             "preset's llm_vocab_size (1024 for tiny).")
 
 
-class EvalParams(_Strict):
+class EvalParams(Strict):
     """What the ``evaluate`` stage measures and with which sampler settings."""
 
     math_n: int = Field(64, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
@@ -70,7 +68,7 @@ class EvalParams(_Strict):
     batch_size: int = Field(16, ge=1, le=1024)
 
 
-class CurateParams(_Strict):
+class CurateParams(Strict):
     """The four built-in data specs of the tiny pipeline."""
 
     arithmetic: CurationSpec
@@ -79,7 +77,7 @@ class CurateParams(_Strict):
     digits: CurationSpec
 
 
-class PipelineParams(_Strict):
+class PipelineParams(Strict):
     """Every stage's parameters (the content of ``params.yaml``)."""
 
     tokenizer: TokenizerParams = Field(default_factory=TokenizerParams)
@@ -97,22 +95,8 @@ class PipelineParams(_Strict):
         return node
 
 
-def format_errors(exc: ValidationError, where: str) -> str:
-    problems = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "(root)"
-        got = f" (got {e['input']!r})" if e["type"] not in ("missing", "value_error") and "input" in e else ""
-        problems.append(f"{loc}: {e['msg']}{got}")
-    return f"{where}: " + "; ".join(problems)
-
-
 def validate_params(data: Any, where: str = PARAMS_FILE) -> PipelineParams:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of stage sections, got {type(data).__name__}")
-    try:
-        return PipelineParams.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc, where)) from None
+    return validate(PipelineParams, data, where)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> PipelineParams:
@@ -120,11 +104,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> PipelineParams:
     if not p.is_file():
         raise ConfigError(f"{p}: no such parameters file; create the default one with "
                           "`mmada pipeline params --write` (or pass --params FILE)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return validate_params(data, str(p))
+    return validate_params(read_yaml(p), str(p))
 
 
 class _Dumper(yaml.SafeDumper):
@@ -231,6 +211,4 @@ PARAMS_HEADER = """\
 
 
 def write_params(params: PipelineParams, path: str | Path = PARAMS_FILE) -> Path:
-    from mmada.pipeline.files import write_text_atomic
-
-    return write_text_atomic(path, PARAMS_HEADER + dump_params(params))
+    return write_text(path, PARAMS_HEADER + dump_params(params))

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mmada.files import write_text
+
 StageKind = Literal["tokenizer", "curate", "vq", "train", "evaluate"]
 
 # ------------------------------------------------------------------------------------------------
@@ -219,6 +221,4 @@ def dvc_yaml_text() -> str:
 
 
 def write_dvc_yaml(root: str | Path = ".") -> Path:
-    from mmada.pipeline.files import write_text_atomic
-
-    return write_text_atomic(Path(root) / "dvc.yaml", dvc_yaml_text())
+    return write_text(Path(root) / "dvc.yaml", dvc_yaml_text())

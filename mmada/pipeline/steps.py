@@ -22,9 +22,7 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,9 +32,9 @@ from typing import Any
 import yaml
 
 from mmada.errors import ConfigError, MMaDAError
+from mmada.files import atomic_dir, sha256_file, sha256_json, write_csv, write_json, write_text
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
-from mmada.pipeline.files import sha256_file, sha256_json, write_csv_atomic, write_json_atomic
 from mmada.pipeline.launch import LaunchError, LaunchSpec, launch
 from mmada.pipeline.params import EvalParams, PipelineParams, TokenizerParams, grpo_available
 from mmada.pipeline.report import ConsoleReporter, Reporter
@@ -132,18 +130,8 @@ def run_tokenizer(p: TokenizerParams, ctx: StageContext, out: str = S.TOKENIZER_
     texts = builtin_corpus()
     ctx.reporter.progress(0.5, f"training a {p.vocab_size}-token byte-level BPE on {len(texts)} texts")
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         tok = train_bpe_tokenizer(texts, p.vocab_size, tmp)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     ctx.reporter.progress(1.0, f"{len(tok)} tokens -> {target}")
     return {"path": str(target), "vocab_size": len(tok)}
 
@@ -179,9 +167,7 @@ def _job_env(ctx: StageContext, extra: dict[str, str] | None = None) -> dict[str
 
 
 def _write_yaml(path: Path, data: dict) -> Path:
-    from mmada.pipeline.files import write_text_atomic
-
-    return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def _summary_line(lines: list[str], key: str) -> dict[str, Any] | None:
@@ -253,8 +239,8 @@ def run_vq(cfg, ctx: StageContext, *, stage: str = "vq", out_dir: str = S.VQ_OUT
     metrics = {"steps": raw.get("steps"), "train_seconds": raw.get("train_seconds"),
                **{f"final_{k}": v for k, v in (raw.get("final") or {}).items()}}
     header, rows = T.curves(ctx.tracking_uri, rid, ["train/loss", "val/psnr"])
-    write_csv_atomic(ctx.outputs.plot(stage), header, rows)
-    write_json_atomic(ctx.outputs.metrics(stage), metrics)
+    write_csv(ctx.outputs.plot(stage), header, rows)
+    write_json(ctx.outputs.metrics(stage), metrics)
     url = T.run_url(exp_id, rid)
     ctx.reporter.link(url, "MLflow run")
     ctx.reporter.markdown(_metrics_md(f"Image tokenizer ({stage})", metrics, url,
@@ -354,9 +340,9 @@ def run_train(cfg, ctx: StageContext, *, stage: str, init_ref_path: Path | None 
     last = {h: r[i] for r in rows[-1:] for i, h in enumerate(header) if h != "step" and r[i] != ""}
     metrics = {"global_step": summary["global_step"], "model_version": int(version),
                **{f"final_{k}": v for k, v in last.items()}, **final}
-    write_csv_atomic(ctx.outputs.plot(stage), header, rows)
-    write_json_atomic(ctx.outputs.metrics(stage), metrics)
-    write_json_atomic(ctx.outputs.ref(stage), ref)  # last: the reference means "complete"
+    write_csv(ctx.outputs.plot(stage), header, rows)
+    write_json(ctx.outputs.metrics(stage), metrics)
+    write_json(ctx.outputs.ref(stage), ref)  # last: the reference means "complete"
     ctx.reporter.markdown(_train_md(stage, ref, metrics, url, cfg.out_dir), f"{stage} summary")
     ctx.reporter.progress(1.0, f"registered {name} version {version} (@{cfg.alias})")
     return ref
@@ -433,10 +419,8 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
     plan = [(key, r, s) for key, r in models
             for s in _eval_suites(p, image_tokenizer, recon=not key)]
     target = ctx.outputs.eval_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".eval.", dir=target.parent))
     results: dict[str, Any] = {"model": f"{ref['registered_model']}/{ref['version']}"}
-    try:
+    with atomic_dir(target) as tmp:
         ckpts: dict[str, Path] = {}
         for i, (key, r, (suite, argv)) in enumerate(plan):
             label = f"{r['registered_model']}/{r['version']}"
@@ -462,13 +446,8 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
             rid = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("mlflow run:")), None)
             if rid:
                 T.set_tags(ctx.tracking_uri, rid, {**lineage("evaluate", p), **ctx.tags, "pipeline.model": model_uri})
-        write_json_atomic(tmp / "model_ref.json", ref)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_json_atomic(ctx.outputs.metrics("eval"), results)
+        write_json(tmp / "model_ref.json", ref)
+    write_json(ctx.outputs.metrics("eval"), results)
     ctx.reporter.table(eval_rows(results), f"Evaluation of {results['model']}")
     ctx.reporter.markdown(_eval_md(results, target), "evaluation summary")
     ctx.reporter.progress(1.0, f"{len(plan)} evaluations -> {ctx.outputs.metrics('eval')}")

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from mmada.config import Strict
 from mmada.rl.advantages import Advantages, group_advantages
 from mmada.rl.loss import GRPOLossOutput, grpo_loss, per_token_logps
 from mmada.rl.noising import NoisedBatch, d1_mask, unigrpo_mask
@@ -26,10 +27,9 @@ from mmada.rl.rewards import combine_rewards, resolve_reward
 from mmada.rl.rollout import Rollout
 
 
-class GRPOConfig(BaseModel):
+class GRPOConfig(Strict):
     """The algorithm's settings (the stage config adds model, data, trainer and tracking)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     num_generations: int = Field(4, ge=2, description="completions sampled per prompt (G)")
     beta: float = Field(0.0, ge=0.0, description="KL coefficient to the frozen reference policy (0: no reference)")

@@ -10,10 +10,8 @@ loaded with ``PreTrainedTokenizerFast``. Any saved tokenizer directory or HF rep
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mmada.errors import VocabError
+from mmada.files import atomic_dir
 from mmada.tokenization.special import SPECIAL_TOKENS
 
 BUILTIN_VOCAB_SIZE = 1024
@@ -46,8 +45,8 @@ def cache_dir() -> Path:
 
 def builtin_corpus() -> list[str]:
     """The deterministic text the built-in tokenizer is trained on."""
-    from mmada.data.builtin.arithmetic import generate_arithmetic
-    from mmada.data.builtin.shapes import generate_shapes
+    from mmada.builtin.arithmetic import generate_arithmetic
+    from mmada.builtin.shapes import generate_shapes
 
     texts = [THINK_PREFIX, "user", "assistant", "system", "The answer is", "a handwritten digit"]
     texts += [f"a handwritten digit {d}" for d in range(10)]
@@ -113,12 +112,8 @@ def builtin_tokenizer() -> PreTrainedTokenizerFast:
     """The built-in tokenizer, trained once and cached (written atomically)."""
     target = _builtin_dir()
     if not (target / "tokenizer.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        with atomic_dir(target, replace=False) as tmp:  # another process may win the race: use its copy
             train_bpe_tokenizer(builtin_corpus(), BUILTIN_VOCAB_SIZE, tmp)
-            with contextlib.suppress(OSError):  # another process won the race; use its copy
-                os.replace(tmp, target)
-            Path(tmp).mkdir(exist_ok=True)  # TemporaryDirectory cleanup expects it
     return load_text_tokenizer(str(target))
 
 

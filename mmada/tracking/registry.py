@@ -12,14 +12,12 @@ new version; lineage tags say where it came from (:mod:`mmada.tracking.lineage`)
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mmada.errors import ConfigError
+from mmada.files import atomic_dir
 from mmada.tracking.client import Tracker
 
 EXPORT_ARTIFACT_PATH = "hf"
@@ -98,24 +96,19 @@ def resolve_model(uri: str, *, tracking_uri: str, cache_dir: str | Path,
     target = Path(cache_dir) / f"{name}-v{mv.version}"
     if (target / "config.json").is_file():
         return target, info
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, replace=False) as tmp:  # another rank may finish first: keep its copy
         # Download through the version's own source: `models:/` URIs would be resolved against the
         # process-wide registry URI, not `tracking_uri`.
         if mv.source.startswith("runs:/"):
             run_id, _, path = mv.source[len("runs:/"):].partition("/")
-            local = client.download_artifacts(run_id, path, str(tmp))
+            local = Path(client.download_artifacts(run_id, path, str(tmp)))
         else:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                        tracking_uri=tracking_uri)
-        if not (Path(local) / "config.json").is_file():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
+                                                             tracking_uri=tracking_uri))
+        if not (local / "config.json").is_file():
             raise ConfigError(f"{field}: {uri!r} (version {mv.version}) holds no config.json: not an HF export")
-        try:
-            os.replace(local, target)
-        except OSError:  # another rank finished first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if local != tmp:  # the artifact folder's files become the cache entry itself
+            for f in list(local.iterdir()):
+                f.rename(tmp / f.name)
+            local.rmdir()
     return target, info

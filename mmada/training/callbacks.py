@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 
+from mmada.files import write_json
 from mmada.tracking.client import Tracker
 
 log = logging.getLogger("mmada.training")
@@ -276,10 +277,7 @@ class TrackingCallback(Callback):
         if trainer.is_global_zero:
             run_id = self._start_run()
             if run_id is not None:
-                self.run_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.run_file.with_suffix(".partial")
-                tmp.write_text(json.dumps({"run_id": run_id, "tracking_uri": self.tracker.tracking_uri}))
-                tmp.replace(self.run_file)
+                write_json(self.run_file, {"run_id": run_id, "tracking_uri": self.tracker.tracking_uri})
                 self.tracker.log_params(self.cfg.flat())
                 self.tracker.set_tags({**self.tags, "world_size": str(trainer.world_size),
                                        "num_nodes": str(trainer.num_nodes)})

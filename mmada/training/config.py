@@ -19,10 +19,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from mmada.errors import ConfigError
+from mmada.config import Strict, apply_overrides, read_yaml, validate
 from mmada.rl.grpo import GRPOConfig
 
 Task = Literal["t2i", "lm", "mmu", "chat"]
@@ -42,11 +41,7 @@ STAGE_COEFFS: dict[str, dict[str, float]] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """Where the weights come from: a fresh preset, or a registered/saved checkpoint."""
 
     preset: Literal["tiny", "small", "1b", "8b"] | None = None
@@ -67,7 +62,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class StreamSpec(_Strict):
+class StreamSpec(Strict):
     """One task stream: curated shard sets and how many rows of them go into a batch."""
 
     manifests: list[str] = Field(min_length=1)
@@ -82,7 +77,7 @@ class StreamSpec(_Strict):
     """Validation rows per batch (default: ``batch_size``)."""
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     """The training data: WebDataset pipelines over curated shards, one per task stream."""
 
     streams: dict[Task, StreamSpec]
@@ -114,7 +109,7 @@ class DataSpec(_Strict):
     """Record the sample keys each rank trains on (``<output_dir>/data_trace/rank<r>.json``; debugging)."""
 
 
-class LossSpec(_Strict):
+class LossSpec(Strict):
     coeffs: dict[Task, float] | None = None
     """Per-task loss coefficients; default: the stage's reference values (``STAGE_COEFFS``)."""
     image_schedule: str = "cosine"
@@ -122,7 +117,7 @@ class LossSpec(_Strict):
     min_masking_rate: float = Field(0.0, ge=0, le=1)
 
 
-class OptimSpec(_Strict):
+class OptimSpec(Strict):
     """AdamW with the reference's no-decay rule and a cosine schedule with linear warmup."""
 
     lr: float = Field(1e-4, gt=0)
@@ -139,7 +134,7 @@ class OptimSpec(_Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
 
 
-class FSDPSpec(_Strict):
+class FSDPSpec(Strict):
     sharding_strategy: Literal["auto", "FULL_SHARD", "HYBRID_SHARD", "SHARD_GRAD_OP", "NO_SHARD"] = "auto"
     """``auto``: HYBRID_SHARD (shard within a node, replicate across nodes) when num_nodes > 1, else FULL_SHARD."""
     activation_checkpointing: bool = True
@@ -148,7 +143,7 @@ class FSDPSpec(_Strict):
     cpu_offload: bool = False
 
 
-class TrainerSpec(_Strict):
+class TrainerSpec(Strict):
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int | Literal["auto"] = 1
     """Processes per node (GPUs per node; SLURM ``--ntasks-per-node``)."""
@@ -171,7 +166,7 @@ class TrainerSpec(_Strict):
     """Default: nccl on GPU, gloo on CPU."""
 
 
-class CheckpointSpec(_Strict):
+class CheckpointSpec(Strict):
     every_n_steps: int = Field(500, ge=1)
     keep_last: int = Field(2, ge=-1)
     """Step checkpoints kept besides ``last`` (-1: all)."""
@@ -181,7 +176,7 @@ class CheckpointSpec(_Strict):
     """Default: ``<output_dir>/checkpoints``."""
 
 
-class SamplesSpec(_Strict):
+class SamplesSpec(Strict):
     """Periodic generations logged as MLflow artifacts (text answers, a grid of generated images)."""
 
     every_n_steps: int = Field(0, ge=0)
@@ -196,7 +191,7 @@ class SamplesSpec(_Strict):
     guidance_scale: float = Field(0.0, ge=0)
 
 
-class TrackingSpec(_Strict):
+class TrackingSpec(Strict):
     uri: str | None = None
     """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///runs/mlflow.db``."""
     experiment: str | None = None
@@ -214,7 +209,7 @@ class TrackingSpec(_Strict):
     """Retries of a failed MLflow call before it is reported and dropped (training never stops for it)."""
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """Everything one training stage needs."""
 
     name: str = "run"
@@ -299,74 +294,14 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested dicts/lists, creating dicts on the way."""
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i]) or '(root)'} has no item {part!r}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a value, not a section")
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=3e-4")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"--set {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
 def validate_train_config(data: Any, where: str = "config") -> TrainConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of config sections, got {type(data).__name__}")
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "(config)"
-            got = f" (got {e['input']!r})" if e["type"] not in ("missing", "value_error") and "input" in e else ""
-            problems.append(f"{loc}: {e['msg']}{got}")
-        raise ConfigError(f"{where}: invalid training config: " + "; ".join(problems)) from None
+    return validate(TrainConfig, data, f"{where}: invalid training config")
 
 
 def load_train_config(source: str | Path | dict, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML file (or a dict), apply ``key=value`` overrides and validate."""
     if isinstance(source, dict):
-        data, where = json.loads(json.dumps(source)), "config"
+        data, where = source, "config"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"training config {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        where = str(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of config sections")
-    for item in overrides or []:
-        key, value = parse_override(item)
-        set_dotted(data, key, value)
-    return validate_train_config(data, where)
+        data, where = read_yaml(source), str(source)
+    return validate_train_config(apply_overrides(data, overrides), where)

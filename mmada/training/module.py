@@ -16,7 +16,6 @@ Logged every ``trainer.log_every_n_steps``: ``train/loss``, ``train/loss_<task>`
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from mmada.data.loading import make_seed
 from mmada.diffusion import unified_loss
 from mmada.errors import ConfigError
+from mmada.files import write_json
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
@@ -132,13 +132,9 @@ class MMaDAModule(L.LightningModule):
 
     def write_data_trace(self, field: str, items: list) -> None:
         """``<output_dir>/data_trace/rank<r>.json``: which samples this rank saw (debugging / tests)."""
-        out = self.cfg.out_dir / "data_trace"
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"rank{self.global_rank}.json"
-        tmp = path.with_suffix(".json.partial")
-        tmp.write_text(json.dumps({"rank": self.global_rank, "world_size": self.trainer.world_size,
-                                   "global_step": self.global_step, field: items}))
-        tmp.replace(path)
+        write_json(self.cfg.out_dir / "data_trace" / f"rank{self.global_rank}.json",
+                   {"rank": self.global_rank, "world_size": self.trainer.world_size,
+                    "global_step": self.global_step, field: items}, indent=None)
 
     def sampler_view(self) -> _SamplerView:
         """An object the samplers can call like the model (routed through the strategy's wrapper)."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 
 from mmada.data.loading import ShardDataModule
 from mmada.errors import ConfigError
+from mmada.files import atomic_dir
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SpecialTokenIds, check_vocab, load_text_tokenizer
 from mmada.tracking import default_tracking_uri
@@ -116,22 +115,11 @@ def registered_name(cfg: TrainConfig, config: MMaDAConfig) -> str:
 
 def export_hf(config: MMaDAConfig, state: dict[str, torch.Tensor], tokenizer, target: Path) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer files, written to a temp dir and renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         with torch.device("meta"):
             shell = MMaDAModelLM(config)
         shell.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        for p in [tmp, *tmp.iterdir()]:  # mkdtemp/HF temp files are private; exports are shared
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

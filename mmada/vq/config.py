@@ -9,20 +9,16 @@ The same object is what the CLI, a Prefect flow form and the MLflow params dump 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from mmada.config import Strict, apply_overrides, read_yaml, validate
 from mmada.errors import ConfigError
-from mmada.models.vq.config import VQConfig, validate_config
+from mmada.models.vq.config import VQConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where training images come from when no DataLoader is passed in."""
 
     source: Literal["shapes", "shapes+digits", "folder"] = "shapes"
@@ -48,7 +44,7 @@ class DataConfig(_Strict):
         return self
 
 
-class LossConfig(_Strict):
+class LossConfig(Strict):
     """Weights of the training terms: reconstruction + LFQ terms (+ optional adversarial)."""
 
     l1_weight: float = Field(1.0, ge=0)
@@ -65,7 +61,7 @@ class LossConfig(_Strict):
     disc_lr: float = Field(2e-4, gt=0)
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     lr: float = Field(2e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = Field(0.0, ge=0)
@@ -75,7 +71,7 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
-class VQTrainConfig(_Strict):
+class VQTrainConfig(Strict):
     """Everything one tokenizer training run needs."""
 
     name: str = "vq"
@@ -119,30 +115,6 @@ class VQTrainConfig(_Strict):
         return self
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
-
-
-def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML: numbers, lists, null, strings)."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
-        _set_dotted(tree, key.strip(), value)
-    return tree
-
-
 def load_train_config(source: str | Path, overrides: list[str] | None = None) -> VQTrainConfig:
     """A preset name (``tiny``, ``official``) or a YAML file, plus dotted overrides."""
     from mmada.vq.presets import PRESETS
@@ -151,13 +123,7 @@ def load_train_config(source: str | Path, overrides: list[str] | None = None) ->
         tree = PRESETS[str(source)]().model_dump(mode="json")
         where = f"preset {source!r}"
     else:
-        path = Path(source)
-        if not path.is_file():
+        if not Path(source).is_file():
             raise ConfigError(f"{source}: not a preset ({', '.join(PRESETS)}) and no such config file")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-        where = str(path)
-    tree = apply_overrides(tree, overrides)
-    return validate_config(VQTrainConfig, tree, where)
+        tree, where = read_yaml(source), str(source)
+    return validate(VQTrainConfig, apply_overrides(tree, overrides), f"{where}: invalid VQTrainConfig")

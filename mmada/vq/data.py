@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 def shapes_images(n: int, seed: int, image_size: int = 32) -> list[Image.Image]:
     """``n`` scenes of the built-in shapes world (``image_size``² RGB, deterministic in ``seed``)."""
-    from mmada.data.builtin.shapes import generate_shapes
+    from mmada.builtin.shapes import generate_shapes
 
     return [r["image"] for r in generate_shapes(n, seed=seed, image_size=image_size)]
 

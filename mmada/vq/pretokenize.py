@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from mmada.errors import MMaDAError
+from mmada.files import atomic_write
 from mmada.models.vq import MAGVITv2
 from mmada.models.vq.preprocess import RESIZE_MODES, ImageInputError, image_to_array
 
@@ -145,13 +146,6 @@ def save_codes(path: str | os.PathLike, codes: np.ndarray, sources: list[str], g
     path = Path(path)
     if path.suffix != ".npz":
         raise MMaDAError(f"output {path} must end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, codes=codes, sources=np.array(sources, dtype=str), grid=np.array(grid, dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        np.savez(fh, codes=codes, sources=np.array(sources, dtype=str), grid=np.array(grid, dtype=np.int64))
     return path

@@ -15,8 +15,6 @@ artifact) and writes ``<output_dir>/metrics.json`` for DVC.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader
 
 from mmada.errors import ConfigError
+from mmada.files import write_json
 from mmada.models.vq import MAGVITv2
 from mmada.tracking import default_tracking_uri
 from mmada.vq.callbacks import ReconstructionGrid, SafetensorsCheckpoint
@@ -131,9 +130,7 @@ def train_tokenizer(
     client.log_artifacts(run_id, str(export), artifact_path="tokenizer")
     metrics = {"steps": trainer.global_step, "train_seconds": round(seconds, 2),
                "initial": initial, "final": final}
-    tmp = out / f".metrics.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     if cfg.register_as:
         register_export(client, cfg.register_as, run_id)
     return TrainResult(export, run_id, trainer.global_step, seconds, initial, final, list(grid_cb.paths))

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from mmada.data.builtin import arithmetic as arith_mod
-from mmada.data.builtin import shapes as shapes_mod
+from mmada.builtin import arithmetic as arith_mod
+from mmada.builtin import shapes as shapes_mod
 from mmada.data.sources.base import Chunk, Normalized, RawRecord, RawReject, Reader, register
 from mmada.data.specs import BuiltinSource, CurationSpec, FilterSpec, SourceBase
 

@@ -14,16 +14,16 @@ Our exports add the :class:`VQConfig` fields beside ``_class_name``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mmada.config import validate
 from mmada.errors import MMaDAError
-from mmada.models.vq.config import VQConfig, validate_config
+from mmada.files import atomic_dir
+from mmada.models.vq.config import VQConfig
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.safetensors")
@@ -49,7 +49,7 @@ def read_config(directory: Path) -> VQConfig:
     if cls is not None and cls not in CLASS_NAMES:
         raise CheckpointError(f"{path}: _class_name={cls!r} is not a MAGVIT-v2 tokenizer (expected one of {CLASS_NAMES})")
     fields = {k: v for k, v in raw.items() if not k.startswith("_")}
-    return validate_config(VQConfig, fields, str(path))
+    return validate(VQConfig, fields, f"{path}: invalid VQConfig")
 
 
 def find_weights(directory: Path) -> Path:
@@ -86,27 +86,9 @@ def write_checkpoint(directory: Path, config: VQConfig, state: dict[str, torch.T
     if bad:
         raise ValueError(f"extra config keys must start with '_': {bad}")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         meta = {"_class_name": "MAGVITv2", "_mmada_format": 1, **config.to_json_dict(), **(extra or {})}
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            _rmtree(old)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        _rmtree(tmp)
-        raise
     return directory
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -7,11 +7,7 @@ and bit count but keep the same module tree, so one loader and one trainer serve
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from mmada.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_CODEBOOK_BITS = 20  # the ±1 codebook buffer is (2**bits, bits) floats: 80 MB at 20 bits
 
@@ -88,24 +84,6 @@ class VQConfig(BaseModel):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items()}
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def validate_config(cls: type[M], data: Any, where: str) -> M:
-    """Build a pydantic config, turning validation errors into one :class:`ConfigError` that names
-    the source (a file, a CLI flag) and every offending field."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of config fields, got {type(data).__name__}")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']} (got {e.get('input')!r})"
-            if e["loc"]
-            else e["msg"]
-            for e in exc.errors()
-        )
-        raise ConfigError(f"{where}: invalid {cls.__name__}: {problems}") from None
 
 
 def official_config() -> VQConfig:

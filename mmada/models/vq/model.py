@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mmada.config import validate
 from mmada.errors import MMaDAError
 from mmada.models.vq.checkpoint import (
     CheckpointError,
@@ -32,7 +33,7 @@ from mmada.models.vq.checkpoint import (
     write_checkpoint,
 )
 from mmada.models.vq.coders import VQGANDecoder, VQGANEncoder
-from mmada.models.vq.config import VQConfig, validate_config
+from mmada.models.vq.config import VQConfig
 from mmada.models.vq.lfq import LFQOutput, LFQuantizer, bits_to_codebook
 from mmada.models.vq.preprocess import ResizeMode, images_to_tensor
 
@@ -55,7 +56,7 @@ class MAGVITv2(nn.Module):
         if config is None:
             config = VQConfig()
         elif not isinstance(config, VQConfig):
-            config = validate_config(VQConfig, dict(config), "MAGVITv2 config")
+            config = validate(VQConfig, dict(config), "MAGVITv2 config: invalid VQConfig")
         self.config = config
         self.encoder = VQGANEncoder(config)
         self.decoder = VQGANDecoder(config)

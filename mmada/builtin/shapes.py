@@ -17,9 +17,11 @@ Rendering is pure PIL without anti-aliasing (palette colours survive exactly).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -217,3 +219,24 @@ def generate_shapes(
             "vqa": vqa_for_scene(scene, rng),
         })
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# A fixed palette quantiser: an image tokenizer that needs no training (tests, quick evaluations).
+
+PALETTE = np.array([BACKGROUND, *COLORS.values()], dtype=np.float32)  # (7, 3)
+
+
+def palette_codes(img: Image.Image, grid: int = 8) -> np.ndarray:
+    """(H, W, 3) image → (grid²,) palette indices of the mean colour of each patch."""
+    a = np.asarray(img.convert("RGB"), dtype=np.float32)
+    H, W, _ = a.shape
+    patches = a.reshape(grid, H // grid, grid, W // grid, 3).mean(axis=(1, 3)).reshape(-1, 3)  # (grid², 3)
+    return ((patches[:, None] - PALETTE[None]) ** 2).sum(-1).argmin(-1)
+
+
+def palette_image(codes: np.ndarray, scale: int = 4) -> Image.Image:
+    """(grid²,) palette indices → an RGB image of ``grid·scale`` pixels a side."""
+    grid = math.isqrt(len(codes))
+    rgb = PALETTE[np.clip(codes, 0, len(PALETTE) - 1)].reshape(grid, grid, 3).astype(np.uint8)
+    return Image.fromarray(rgb).resize((grid * scale, grid * scale), Image.NEAREST)
