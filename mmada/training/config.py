@@ -28,8 +28,9 @@ from mmada.rl.grpo import GRPOConfig
 Task = Literal["t2i", "lm", "mmu", "chat"]
 Stage = Literal["pretrain", "sft", "grpo"]
 
-# Which task streams each stage trains, and the reference's loss coefficients
-# (shared/reference/mmada.md §3.2: stage 1.1 = 1.0/0.1/1.0; Mix-CoT stage 2.1 = t2i 1.0, lm 0.5, mmu 0.5).
+# Which task streams each stage trains, and the official loss coefficients
+# (Gen-Verse/MMaDA configs/mmada_pretraining_*.yaml, table in docs/model.md: stage 1.1 = 1.0/0.1/1.0;
+# Mix-CoT stage 2.1 = t2i 1.0, lm 0.5, mmu 0.5).
 STAGE_TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("t2i", "lm", "mmu"),
     "sft": ("chat", "mmu", "t2i", "lm"),
