@@ -1,4 +1,4 @@
-"""``TrainConfig``: one typed config for every training stage (pretrain, SFT; UniGRPO later).
+"""``TrainConfig``: one typed config for every training stage (pretrain, SFT, UniGRPO).
 
 The same pydantic model is the YAML schema of ``configs/train/*.yaml``, the Prefect UI form, the
 DVC params and the MLflow params dump. A stage is configuration, not a copied script: ``stage``

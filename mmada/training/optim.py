@@ -1,6 +1,6 @@
 """AdamW with the official no-decay rule, and a cosine learning-rate schedule with linear warmup.
 
-Shared by every stage (pretrain, SFT, and UniGRPO later):
+Shared by every stage (pretrain, SFT, UniGRPO):
 
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.optim, max_steps=cfg.trainer.max_steps)   # step it every optimizer step
