@@ -9,8 +9,8 @@
    ``tarfile`` iteration of the same shards; the decoded path (``iter_samples``: pydantic
    ``Sample`` per record) and WebDataset's own tar reader are printed for context.
 
-The training data module (issue 5) is not built yet, so "training loader" here is the shard reader
-in ``mmada/data/shards.py`` that it will use.
+"Training loader" here means the shard reader in ``mmada/data/shards.py``, which the training data
+module (``mmada.data.loading``) also reads shards with.
 
     .venv/bin/python bench/bench_data.py                 # 100k records (~3 min on 2 CPU cores)
     .venv/bin/python bench/bench_data.py --records 20000 # quicker

@@ -1,6 +1,6 @@
 """Fast sampling vs the plain samplers: tokens/s and arithmetic accuracy, side by side as ratios.
 
-Fast-dLLM (shared/reference/anchors.md §2) reports 8.1× at gen length 256 for LLaDA-8B on an A100
+Fast-dLLM (arXiv 2505.22618; NVlabs/Fast-dLLM README) reports 8.1× at gen length 256 for LLaDA-8B on an A100
 (prefix cache + threshold 0.9) at < 1 point GSM8K loss. This script measures our samplers the
 same way — gen length 256, block 32, one token per step for the plain sampler
 (``steps = gen_length``), greedy, threshold 0.9, factor 1.0 — in three sections:

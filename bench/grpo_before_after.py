@@ -1,6 +1,6 @@
 """UniGRPO before/after: evaluate an SFT model, run UniGRPO from it, evaluate again, print the change.
 
-The demonstration of the UniGRPO issue: from a tiny SFT model, N UniGRPO steps on
+What it demonstrates: from a tiny SFT model, N UniGRPO steps on
 ``builtin:arithmetic`` should raise held-out math accuracy, and on the shapes world the t2i
 checker's score. Everything goes through the same commands users run (``mmada eval``,
 ``mmada train`` with ``configs/train/tiny_grpo.yaml``), and every evaluation is an MLflow run

@@ -1,7 +1,8 @@
-"""Independent reference computations for the model and samplers, written from the pseudo-code in
-shared/reference/mmada.md (§1.3 forward, §5.1/§8.2 LLaDA generate, §5.2 MaskGIT t2i), deliberately
-in a different style from the library (plain functions over a state dict, explicit loops,
-explicit softmax/rotations) so that agreement means something.
+"""Independent reference computations for the model and samplers, written from the official
+algorithms (Gen-Verse/MMaDA models/modeling_llada.py: LLaDAModel.forward; ML-GSAI/LLaDA generate.py:
+generate; Gen-Verse/MMaDA models/modeling_mmada.py: MMadaModelLM.t2i_generate; summary in
+docs/model.md), deliberately in a different style from the library (plain functions over a state
+dict, explicit loops, explicit softmax/rotations) so that agreement means something.
 """
 
 from __future__ import annotations

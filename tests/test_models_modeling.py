@@ -28,7 +28,7 @@ def small_model(seed=0, **kw) -> MMaDAModelLM:
 
 
 def official_state_dict(cfg: dict, seed: int = 1) -> dict[str, torch.Tensor]:
-    """A state dict spelled out with the official key names and shapes (shared/reference/mmada.md §1.5)."""
+    """A state dict spelled out with the official key names and shapes (docs/model.md)."""
     g = torch.Generator().manual_seed(seed)
     d, f, V = cfg["d_model"], cfg["mlp_hidden_size"], cfg["vocab_size"]
 

@@ -1,7 +1,7 @@
 """MAGVIT-v2 module tree vs the official checkpoint layout, token counts, and checkpoint I/O.
 
 The official layout below is written out by hand from the showlab/magvitv2 module tree
-(shared/reference/mmada.md §2 and Show-o's modeling_magvitv2.py: VQGANEncoder/VQGANDecoder built
+(docs/model.md and Show-o's modeling_magvitv2.py: VQGANEncoder/VQGANDecoder built
 from taming-style ResnetBlock/AttnBlock/Downsample/Upsample, LFQuantizer buffers), independently
 of mmada.models.vq's construction code.
 """

@@ -17,7 +17,7 @@ extension at the first dot). Per kind, these ``json`` fields are set:
     image_text  caption and an image
     t2i         caption and an image
 
-``prompt``/``response`` are rendered with the LLaDA/MMaDA chat template (reference §3.3):
+``prompt``/``response`` are rendered with the LLaDA/MMaDA chat template (docs/model.md):
 ``prompt`` runs up to and including the last ``<|start_header_id|>assistant<|end_header_id|>\\n``
 and ``response`` is the target (``<think>…</think> answer<|eot_id|>`` for traces). Ground truth
 from the source (GSM8K gold answer, shapes objects, class label) stays in ``metadata``.

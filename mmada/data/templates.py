@@ -1,4 +1,4 @@
-"""Prompt rendering: the LLaDA/MMaDA chat template and the ``<think>`` convention (reference §3.3).
+"""Prompt rendering: the LLaDA/MMaDA chat template and the ``<think>`` convention (docs/model.md).
 
     <|startoftext|><|start_header_id|>user<|end_header_id|>\\n{content}<|eot_id|>
     <|start_header_id|>assistant<|end_header_id|>\\n{response}<|eot_id|>

@@ -1,7 +1,7 @@
 """Where a sampler step gets its logits: a full forward, or Fast-dLLM's block-wise KV caches.
 
 Diffusion LMs attend bidirectionally, so no K/V is ever exactly reusable once any token changes;
-Fast-dLLM (arXiv 2505.22618, shared/reference/anchors.md §2) shows that K/V change little between
+Fast-dLLM (arXiv 2505.22618; NVlabs/Fast-dLLM llada/generate.py) shows that K/V change little between
 neighbouring steps and reuses them approximately:
 
     none    every step: model(x) over the whole sequence (the plain sampler).

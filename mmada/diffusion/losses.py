@@ -1,4 +1,6 @@
-"""Training objectives of the unified model (shared/reference/mmada.md §3.1, §8.3).
+"""Training objectives of the unified model (MMaDA's ``MMadaModelLM.forward_process``, LLaDA's losses).
+
+Sources: Gen-Verse/MMaDA models/modeling_mmada.py, ML-GSAI/LLaDA GUIDELINES.md; summary in docs/model.md.
 
     lm    Σ_masked CE/p / (B·L)                       text pretraining, nothing is prompt
     sft   mean_rows[ Σ_masked CE/p / answer_len ]     chat/CoT and mmu rows, prompt kept clean
@@ -8,7 +10,7 @@
 the concatenation and returns the coefficient-weighted total plus per-task losses and
 masked-token accuracies. Cross-entropies are computed in fp32 whatever the model dtype.
 
-Note on parity: the reference also counts the visible ``<|soi|>``/``<|eoi|>`` as (trivial) t2i
+Note on parity: the official code also counts the visible ``<|soi|>``/``<|eoi|>`` as (trivial) t2i
 targets; here only masked image tokens are targets, so the t2i loss is the plain mean over them.
 """
 

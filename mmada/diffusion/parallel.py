@@ -1,10 +1,10 @@
 """How many masked tokens a sampler step commits: the fixed schedule and confidence-aware rules.
 
 Plain LLaDA decoding commits a fixed number of tokens per step (``num_transfer_tokens``: the
-block's masks split evenly over its steps). Fast-dLLM's parallel decoding (arXiv 2505.22618,
-shared/reference/anchors.md §2) lets the model's confidence decide instead. With ``c_1 ≥ c_2 ≥ …``
-the confidences (max-softmax probability of the chosen token) of a row's masked positions in the
-current block, sorted:
+block's masks split evenly over its steps). Fast-dLLM's parallel decoding (arXiv 2505.22618;
+NVlabs/Fast-dLLM llada/generate.py: get_transfer_index) lets the model's confidence decide instead.
+With ``c_1 ≥ c_2 ≥ …`` the confidences (max-softmax probability of the chosen token) of a row's
+masked positions in the current block, sorted:
 
 * **threshold** ``τ``: commit every masked token with ``c > τ``.
 * **factor** ``f``: commit the ``n`` most confident tokens for the largest ``n`` with

@@ -1,6 +1,6 @@
 """Samplers: LLaDA's semi-autoregressive block sampler for text/MMU and MaskGIT for images.
 
-Text (``generate_text``; shared/reference/mmada.md §5.1, §8.2): the answer starts fully masked and
+Text (``generate_text``; ML-GSAI/LLaDA generate.py: generate): the answer starts fully masked and
 is decoded ``block_length`` tokens at a time, left to right; inside a block, each of
 ``steps / num_blocks`` steps predicts every masked token and commits the ``k`` most confident
 ones (``k`` splits the block's masks evenly over the steps, the remainder going to the earliest
@@ -8,15 +8,16 @@ steps). Sampling uses the Gumbel-max trick in float64; at temperature 0 it is gr
 tokens equal the reference algorithm's exactly. Classifier-free guidance masks the prompt for
 the unconditional pass: ``un + (w + 1)(cond − un)``.
 
-Images (``generate_image``; §5.2): MaskGIT over the image slots with a cosine schedule, MUSE-style
-guidance ``(1 + w)·cond − w·uncond``, only the codebook slice of the logits sampled, and the
-confidence noise annealed by ``temperature · Π(1 − step/T)`` (the reference's compounding decay;
+Images (``generate_image``; Gen-Verse/MMaDA models/modeling_mmada.py: MMadaModelLM.t2i_generate):
+MaskGIT over the image slots with a cosine schedule, MUSE-style guidance ``(1 + w)·cond − w·uncond``,
+only the codebook slice of the logits sampled, and the confidence noise annealed by
+``temperature · Π(1 − step/T)`` (the official code's compounding decay;
 ``temperature_decay="linear"`` gives ``temperature · (1 − step/T)``).
 
 Multimodal understanding is ``generate_text`` on a prompt that starts with the image prefix
 (``SequenceBuilder.mmu``).
 
-Fast sampling (Fast-dLLM, shared/reference/anchors.md §2), all off by default so the defaults are
+Fast sampling (Fast-dLLM, arXiv 2505.22618), all off by default so the defaults are
 the plain samplers above, token for token:
 
 * ``cache="prefix"|"dual"`` — block-wise approximate KV cache (``mmada.diffusion.cache``);

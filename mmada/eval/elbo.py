@@ -2,7 +2,7 @@
 
 A masked-diffusion LM has no left-to-right factorisation, so likelihood-based benchmarks
 (multiple choice, perplexity-style tasks) use LLaDA's ``get_log_likelihood`` bound
-(shared/reference/mmada.md §8.4):
+(ML-GSAI/LLaDA get_log_likelihood.py):
 
     seq = [prompt; answer]   (T = answer length; the prompt is never masked)
     per round of b rows: k ~ U{1..T};  n_j = ((round(k + j·T/b) − 1) mod T) + 1   (stratified counts)

@@ -22,7 +22,8 @@ from transformers import PretrainedConfig
 
 from mmada.errors import ConfigError
 
-# Official LLaDA/MMaDA special ids (shared/reference/mmada.md §1.6).
+# Official LLaDA/MMaDA special ids (docs/model.md). LLADA_VOCAB is the padded embedding size
+# (llm_vocab_size), not the tokenizer's length (126349).
 LLADA_MASK_ID = 126336
 LLADA_BOS_ID = 126080
 LLADA_EOS_ID = 126081

@@ -285,7 +285,7 @@ class MMaDAModelLM(PreTrainedModel):
     ``model(input_ids).logits`` has shape (B, T, embedding_size). Padding: pass a (B, T)
     ``attention_mask`` (1 = token) or an official-style bool ``attention_bias`` (B, 1, T, T);
     with neither, every position attends to every other (the behaviour of the released
-    checkpoints before the upstream mask fix, see shared/reference/mmada.md §1.4).
+    checkpoints before the upstream mask fix, Gen-Verse/MMaDA commit 0ef94ba; see docs/model.md).
 
     Cached decoding: ``kv_cache=KVCache()`` (+ ``cache_start``) as in the module docstring; the
     masks then cover the keys, ``attention_mask`` (B, key_len), ``attention_bias`` (B, 1, T, key_len).

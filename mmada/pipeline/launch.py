@@ -1,6 +1,6 @@
 """Start a job outside the calling process and watch it: a local subprocess, ``torchrun``, or ``sbatch``.
 
-Training never runs inside a Prefect flow process or a DVC stage wrapper (stack.md §0.1, D1):
+Training never runs inside a Prefect flow process or a DVC stage wrapper (docs/pipeline.md):
 the wrapper *launches* ``python -m mmada …`` and watches it. The watcher streams the job's output
 (the subprocess's stdout, or the SLURM log file as it grows), calls ``poll()`` every
 ``poll_seconds`` so the caller can report progress (the pipeline reads the MLflow run the job
@@ -11,10 +11,10 @@ raises :class:`LaunchError` with the job's last output lines on a non-zero exit.
     result = launch(spec, ["train", "cfg.yaml"], workdir=Path("runs/pipeline/work/sft"), job_name="mmada-sft",
                     env={"MLFLOW_RUN_ID": run_id}, poll=report_progress)
 
-SLURM layout (stack.md §0.8 / D1): one task per node (``--ntasks-per-node=1``), ``srun`` starts
-``torchrun --nnodes N --nproc-per-node G`` on every node with a c10d rendezvous on the first node,
-and ``trainer.num_nodes``/``trainer.devices`` are set from the same numbers so they cannot
-disagree. ``sbatch --parsable --wait`` returns the job's exit status.
+SLURM layout (docs/pipeline.md; as in torchtitan's multinode_trainer.slurm): one task per node
+(``--ntasks-per-node=1``), ``srun`` starts ``torchrun --nnodes N --nproc-per-node G`` on every node
+with a c10d rendezvous on the first node, and ``trainer.num_nodes``/``trainer.devices`` are set from
+the same numbers so they cannot disagree. ``sbatch --parsable --wait`` returns the job's exit status.
 """
 
 from __future__ import annotations

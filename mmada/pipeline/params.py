@@ -162,7 +162,7 @@ FULL_OVERRIDES: dict[str, list[str]] = {
     "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0"],
 }
 """The repository's configs and data specs as they are (only the pipeline's paths set): about an hour on
-2 CPU cores, and the sizes behind the numbers quoted in the README."""
+2 CPU cores."""
 
 PROFILES = {"demo": DEMO_OVERRIDES, "full": FULL_OVERRIDES}
 

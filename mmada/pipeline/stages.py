@@ -10,7 +10,7 @@ Each :class:`Stage` names its command, the ``params.yaml`` sections it reads, th
 
 Paths are relative to the project root. Model checkpoints are not DVC outputs: the training
 stages write a small *model reference* (registered name/version/URI/sha256) and MLflow holds the
-weights (shared/reference/stack.md §A2).
+weights (docs/pipeline.md).
 """
 
 from __future__ import annotations

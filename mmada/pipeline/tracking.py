@@ -1,7 +1,7 @@
 """MLflow from the pipeline's side: runs created before a job starts, progress, curves, references.
 
 The training stages create their MLflow run *before* launching the job and hand its id to every
-rank through ``MLFLOW_RUN_ID`` (stack.md D1), so the pipeline can link the run at once, read the
+rank through ``MLFLOW_RUN_ID`` (docs/pipeline.md), so the pipeline can link the run at once, read the
 job's progress from the run's metric history, and turn the history into the DVC plot CSV.
 
 A *model reference* (``runs/pipeline/models/<stage>.json``) stands for a registered model version:

@@ -1,13 +1,14 @@
 """Structured noising for the policy log-likelihood of a diffusion LM (which has no exact token log-probs).
 
-UniGRPO (shared/reference/mmada.md §4.2): for each inner iteration μ draw a mask ratio
+UniGRPO (arXiv 2505.15809, Algorithm 1): for each inner iteration μ draw a mask ratio
 ``p_i ~ U[lo, hi]`` per completion, mask each *completion* token with probability ``p_i`` (at least
 one), keep the prompt clean. The same mask serves the old, new and reference policies of that
 iteration, so their ratio compares like with like. ``lo, hi = 0, 1`` is the paper's uniform
 range; dLLM-RL uses ``[0.1, 0.9]``.
 
-d1's diffu-GRPO (anchors.md §1): the completion is masked *entirely* and prompt tokens are masked
-with ``p_mask_prompt = 0.15``, drawn from a fixed seed per inner iteration.
+d1's diffu-GRPO (arXiv 2504.12216; dllm-reasoning/d1 diffu-grpo/diffu_grpo_trainer.py:
+forward_process): the completion is masked *entirely* and prompt tokens are masked with
+``p_mask_prompt = 0.15``, drawn from a fixed seed per inner iteration.
 """
 
 from __future__ import annotations

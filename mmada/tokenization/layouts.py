@@ -1,6 +1,6 @@
 """Sequence layouts of the unified model (t2i, mmu, lm, chat/``<think>``) and their prompt masks.
 
-Layouts follow the official MMaDA prompting (shared/reference/mmada.md §1.6), expressed in ids
+Layouts follow the official MMaDA prompting (Gen-Verse/MMaDA training/prompting_utils.py), expressed in ids
 so they work with the LLaDA tokenizer and with ours:
 
     t2i   [iPAD]*k <|t2i|> <bos> caption <eos> <|soi|> img_1 … img_N <|eoi|>     (left-padded text)

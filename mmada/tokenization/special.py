@@ -2,8 +2,10 @@
 
 Two tokenizers are supported with the same sequence layouts:
 
-* the official LLaDA tokenizer (126464 tokens): MMaDA reuses LLaDA's *reserved* ids for its
-  task tokens (``<|soi|>`` = 126084 … ``<|r2i|>`` = 126094; shared/reference/mmada.md §1.6), and
+* the official LLaDA tokenizer (126349 entries; 126464 is only the padded embedding size, yet
+  ``from_tokenizer`` below still expects 126464, see docs/model.md): MMaDA reuses LLaDA's *reserved*
+  ids for its task tokens (``<|soi|>`` = 126084 … ``<|r2i|>`` = 126094; Gen-Verse/MMaDA
+  training/prompting_utils.py: reserved_token_mapping), and
   ``<|mdm_mask|>`` = 126336 is the mask for text and image positions alike;
 * our own tokenizers (the built-in BPE): the same tokens exist *by name*, placed first in the
   vocabulary, so their ids are looked up from the tokenizer.

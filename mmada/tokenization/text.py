@@ -25,8 +25,9 @@ from mmada.tokenization.special import SPECIAL_TOKENS
 BUILTIN_VOCAB_SIZE = 1024
 BUILTIN_VERSION = "2"  # bump when the corpus or the training recipe changes (2: single-digit tokens, \boxed{})
 
-# Our chat format (shared/reference/mmada.md §3.3): bos once, then for every message
-# <|start_header_id|>role<|end_header_id|>\n content <|eot_id|>, then the assistant header.
+# Our chat format (the chat_template set in Gen-Verse/MMaDA generate.py; docs/model.md): bos once,
+# then for every message <|start_header_id|>role<|end_header_id|>\n content <|eot_id|>, then the
+# assistant header.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"

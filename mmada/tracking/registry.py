@@ -2,7 +2,7 @@
 
 One registered model per size (``mmada-tiny``, ``mmada-8b``); every finished stage adds a version
 whose artifacts are an HF ``save_pretrained`` directory (safetensors + config + tokenizer files),
-logged under the run as ``hf/``. The stage alias (``pretrain``, ``sft``, later ``grpo``) moves to the
+logged under the run as ``hf/``. The stage alias (``pretrain``, ``sft``, ``grpo``) moves to the
 new version; lineage tags say where it came from (:mod:`mmada.tracking.lineage`).
 
     version = register_export(tracker, "runs/train/x/export", "mmada-tiny", alias="pretrain", tags=...)

@@ -1,4 +1,4 @@
-"""``TrainConfig``: one typed config for every training stage (pretrain, SFT; UniGRPO later).
+"""``TrainConfig``: one typed config for every training stage (pretrain, SFT, UniGRPO).
 
 The same pydantic model is the YAML schema of ``configs/train/*.yaml``, the Prefect UI form, the
 DVC params and the MLflow params dump. A stage is configuration, not a copied script: ``stage``
@@ -27,8 +27,9 @@ from mmada.rl.grpo import GRPOConfig
 Task = Literal["t2i", "lm", "mmu", "chat"]
 Stage = Literal["pretrain", "sft", "grpo"]
 
-# Which task streams each stage trains, and the reference's loss coefficients
-# (shared/reference/mmada.md §3.2: stage 1.1 = 1.0/0.1/1.0; Mix-CoT stage 2.1 = t2i 1.0, lm 0.5, mmu 0.5).
+# Which task streams each stage trains, and the official loss coefficients
+# (Gen-Verse/MMaDA configs/mmada_pretraining_*.yaml, table in docs/model.md: stage 1.1 = 1.0/0.1/1.0;
+# Mix-CoT stage 2.1 = t2i 1.0, lm 0.5, mmu 0.5).
 STAGE_TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("t2i", "lm", "mmu"),
     "sft": ("chat", "mmu", "t2i", "lm"),

@@ -4,7 +4,8 @@
                       AdamW + cosine schedule, on-device image tokenization, a sampler view.
     DiffusionModule   pretraining and mixed long-CoT SFT: the masked-diffusion ``unified_loss`` over
                       a mixed batch (t2i / lm / mmu / chat rows, one forward pass) with the stage's
-                      per-task coefficients. UniGRPO (later) subclasses ``MMaDAModule`` too.
+                      per-task coefficients. UniGRPO's ``GRPOModule`` (``mmada.training.grpo``)
+                      subclasses ``MMaDAModule`` too.
 
 Batches come from :class:`mmada.data.loading.ShardDataModule`: ``{task: {input_ids, attention_mask,
 prompt_mask, image_mask (B, L), keys, [needs_codes (B,), pixel_values (B, 3, R, R)]}}``.

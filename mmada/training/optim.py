@@ -1,15 +1,15 @@
-"""AdamW with the reference's no-decay rule, and a cosine learning-rate schedule with linear warmup.
+"""AdamW with the official no-decay rule, and a cosine learning-rate schedule with linear warmup.
 
-Shared by every stage (pretrain, SFT, and UniGRPO later):
+Shared by every stage (pretrain, SFT, UniGRPO):
 
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.optim, max_steps=cfg.trainer.max_steps)   # step it every optimizer step
 
-No-decay rule (shared/reference/mmada.md §3.2): a parameter whose *name* contains one of
-``optim.no_decay`` (default ``bias``, ``layer_norm.weight``, ``mlm_ln.weight``,
+No-decay rule (``no_decay`` in Gen-Verse/MMaDA training/train_mmada.py): a parameter whose *name*
+contains one of ``optim.no_decay`` (default ``bias``, ``layer_norm.weight``, ``mlm_ln.weight``,
 ``embeddings.weight``) gets weight decay 0. With the official parameter names those patterns
 match nothing (no biases; norms are ``attn_norm``/``ff_norm``/``ln_f``; the embedding is ``wte``),
-so — exactly like the reference — every parameter is decayed unless the config lists more
+so — exactly like the official code — every parameter is decayed unless the config lists more
 patterns (e.g. ``norm.weight``, ``wte.weight``).
 
 Schedule: ``lr · min(1, (s+1)/warmup)`` during warmup, then

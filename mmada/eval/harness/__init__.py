@@ -20,7 +20,7 @@ Model arguments:
     pretrained      checkpoint directory (config.json + safetensors + tokenizer.json)
     tokenizer       tokenizer dir or "builtin" when the checkpoint has none
     device, dtype   "cpu"/"cuda"/…, "bf16"/"fp32"
-    steps, gen_length, block_length, temperature, cfg_scale, remasking   text sampler (§5.1); every
+    steps, gen_length, block_length, temperature, cfg_scale, remasking   text sampler (generate_text); every
                     generation is gen_length tokens (a task's max_gen_toks is not used, as in LLaDA's
                     harness) cut at the first <eos> and at the task's ``until`` strings
     mc_num, mc_batch_size, ll_cfg_scale      ELBO estimator (128 / 16 / 0 as in LLaDA)
