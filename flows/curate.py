@@ -14,15 +14,13 @@ run of the same content finds the complete manifest and returns at once.
 Artifacts: a progress bar while it runs, the shard manifest as a table and the data card as
 markdown. The same flow runs on the default thread runner or on Dask with identical bytes:
 
-    python -m flows.curate data_specs/arithmetic.yaml --out runs/data/arithmetic [--dask [ADDRESS]]
-    mmada curate data_specs/arithmetic.yaml --prefect          # same flow via the CLI
+    mmada curate data_specs/arithmetic.yaml --prefect --out runs/data/arithmetic [--dask [ADDRESS]]
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +224,3 @@ def run_curate(spec: CurationSpec, out: str | None = None, *, force: bool = Fals
         raise ValueError(f"runner must be 'default' or 'dask', got {runner!r}")
     return Manifest.model_validate(fl(spec=spec, out=out, force=force, keep_work=keep_work))
 
-
-if __name__ == "__main__":
-    from mmada.cli import main
-
-    sys.exit(main(["curate", "--prefect", *sys.argv[1:]]))

@@ -55,9 +55,9 @@ from mmada.data.shards import (
     iter_tar_samples,
     read_manifest,
 )
+from mmada.data.streams import DataSpec, StreamSpec
 from mmada.errors import ConfigError
 from mmada.tokenization import SequenceBuilder
-from mmada.training.config import DataSpec, StreamSpec
 
 # Which curated sample kinds feed which task (mmada.data.schema).
 TASK_KINDS: dict[str, tuple[str, ...]] = {

@@ -5,8 +5,8 @@
     mmada.pipeline.steps    what each stage does (shared by `dvc repro`, `mmada pipeline`, Prefect flows)
     mmada.pipeline.launch   local / torchrun / sbatch launchers + the watcher (training never runs in-flow)
     mmada.pipeline.run      `mmada pipeline`: dvc repro + progress + summary
-    mmada.pipeline.serve    `mmada serve`: Prefect server + served deployments + MLflow UI on 127.0.0.1
     mmada.pipeline.summary  the end-of-run summary
 
-Prefect flows live in ``flows/stages.py`` (served by ``flows/serve.py``).
+Prefect flows live in ``flows/stages.py`` (served by ``flows/serve.py``); ``flows/ui.py`` is ``mmada serve``
+(the Prefect server, the served deployments and the MLflow UI on 127.0.0.1).
 """

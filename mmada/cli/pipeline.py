@@ -84,7 +84,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mmada.pipeline.serve import ServeOptions, serve
+    from flows.ui import ServeOptions, serve
 
     return serve(ServeOptions(prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
                               home=args.home, mlflow=not args.no_mlflow, deployments=not args.no_deployments,

@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.serve import deployment_names
 from mmada.errors import MMaDAError
 from mmada.pipeline.env import child_env
 
@@ -183,8 +184,6 @@ def serve(opts: ServeOptions, *, on_ready=None) -> int:
             _wait(procs[1], lambda: _get(f"{mlflow_ui}/health") is not None, opts.startup_timeout)
         names: list[str] = []
         if opts.deployments:
-            from flows.serve import deployment_names
-
             names = deployment_names(str(root / opts.params))
             print(f"serving {len(names)} deployments …", flush=True)
             served = _start("flow server", [sys.executable, "-m", "flows.serve", "--params", opts.params], env,

@@ -20,12 +20,12 @@ from mmada.errors import MMaDAError
 # Modules that contribute subcommands (imported lazily by `main`, heavy imports stay inside
 # the handlers so `mmada --help` is fast).
 COMMAND_MODULES = [
-    "mmada.commands",
-    "mmada.data.cli",
-    "mmada.eval.cli",
-    "mmada.vq.cli",
-    "mmada.training.cli",
-    "mmada.pipeline.cli",
+    "mmada.cli.sample",
+    "mmada.cli.curate",
+    "mmada.cli.eval",
+    "mmada.cli.vq",
+    "mmada.cli.train",
+    "mmada.cli.pipeline",
 ]
 
 
