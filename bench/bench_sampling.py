@@ -54,7 +54,7 @@ import torch
 
 from mmada.builtin.arithmetic import generate_arithmetic
 from mmada.diffusion import generate_image, generate_text, unified_loss
-from mmada.diffusion.settings import SamplerSettings
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.inference import LoadedModel, load_checkpoint
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SequenceBuilder, load_text_tokenizer
@@ -191,8 +191,8 @@ def run_text(model, ids, attn, settings: SamplerSettings, *, mask_id: int, eos_i
     sync(dev)
     t0 = time.perf_counter()
     try:
-        out = generate_text(model, ids, attention_mask=attn, mask_id=mask_id, eos_id=eos_id, on_step=on_step,
-                            generator=settings.generator(dev), **settings.sampler_kwargs())
+        out = generate_text(model, ids, settings, attention_mask=attn, mask_id=mask_id, eos_id=eos_id,
+                            on_step=on_step, generator=settings.generator(dev))
     except _Stop:
         out = last["x"]
     sync(dev)
@@ -284,11 +284,12 @@ def t2i_section(args, device, dtype) -> list[Row]:
         stats = {}
         sync(device)
         t0 = time.perf_counter()
+        settings = ImageSamplerSettings(steps=args.t2i_steps, guidance_scale=3.5,
+                                        cache="none" if name == "plain" else "prefix")
         codes[name] = generate_image(
-            model, cond.input_ids, attention_mask=cond.attention_mask, uncond_input_ids=unc.input_ids,
+            model, cond.input_ids, settings, attention_mask=cond.attention_mask, uncond_input_ids=unc.input_ids,
             uncond_attention_mask=unc.attention_mask, codebook_size=cfg.codebook_size, image_offset=offset,
-            num_image_tokens=N, steps=args.t2i_steps, guidance_scale=3.5, mask_id=cfg.mask_token_id,
-            generator=torch.Generator(device).manual_seed(0), cache="none" if name == "plain" else "prefix",
+            num_image_tokens=N, mask_id=cfg.mask_token_id, generator=settings.generator(device),
             on_step=lambda d, st=stats: st.update(d))
         sync(device)
         secs = time.perf_counter() - t0

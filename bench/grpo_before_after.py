@@ -97,11 +97,12 @@ def grpo_config(args, out: Path) -> Path:
         cfg["data"]["streams"]["t2i"]["manifests"] = list(args.t2i_data)
     cfg["data"]["image_tokenizer"] = args.image_tokenizer
     g = cfg["grpo"]
-    g.update(num_generations=args.generations, temperature=args.temperature,
-             reward_funcs=[REWARDS[t] for t in args.tasks], steps=args.text_steps, gen_length=args.gen_length,
-             block_length=args.block_length, beta=args.beta, num_iterations=args.num_iterations,
-             estimator=args.estimator, p_mask_prompt=args.p_mask_prompt, threshold=args.rollout_threshold,
-             t2i_steps=args.t2i_steps, guidance_scale=args.guidance_scale)
+    g.update(num_generations=args.generations, reward_funcs=[REWARDS[t] for t in args.tasks], beta=args.beta,
+             num_iterations=args.num_iterations, estimator=args.estimator, p_mask_prompt=args.p_mask_prompt)
+    g["sampler"] = {**g["sampler"], "temperature": args.temperature, "steps": args.text_steps,
+                    "gen_length": args.gen_length, "block_length": args.block_length,
+                    "threshold": args.rollout_threshold}
+    g["image_sampler"] = {**g["image_sampler"], "steps": args.t2i_steps, "guidance_scale": args.guidance_scale}
     if args.mask_ratio_range:
         g["mask_ratio_range"] = list(args.mask_ratio_range)
     g["reward_weights"] = {REWARDS[t]: 1.0 for t in args.tasks}

@@ -16,7 +16,7 @@ from mmada.diffusion.sampling import generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.models import MMaDAModelLM
-from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, load_text_tokenizer
+from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, left_pad, load_text_tokenizer
 
 
 @dataclass
@@ -64,56 +64,37 @@ def load_checkpoint(
     return LoadedModel(model, tok, SequenceBuilder(tok, special))
 
 
-def generate_answers(
-    lm: LoadedModel, prompts: list[str], *, steps: int = 64, gen_length: int = 64, block_length: int = 32,
-    temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence", think: bool = False,
-    chat: bool = True, seed: int = 0, cache: str = "none", prompt_cache: str = "per_block",
-    threshold: float | None = None, factor: float | None = None, stop_at_eos: bool = False,
-) -> list[str]:
+def generate_answers(lm: LoadedModel, prompts: list[str], settings: SamplerSettings | None = None, *,
+                     think: bool = False, chat: bool = True) -> list[str]:
     """Chat-formatted (or raw, ``chat=False``) prompts → decoded answers, batched with left padding.
 
-    The sampler keywords are the fields of :class:`~mmada.diffusion.settings.SamplerSettings`
-    (``generate_answers(lm, prompts, **settings.model_dump())``); ``cache``/``threshold``/``factor``/
-    ``stop_at_eos`` select Fast-dLLM-style fast sampling (EOS = the tokenizer's ``<eos>``).
+    ``settings`` (default: the plain sampler) is used as given; its ``seed`` seeds the sampling and
+    ``stop_at_eos`` stops at the tokenizer's ``<eos>``.
     """
-    settings = SamplerSettings.make(
-        steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature, cfg_scale=cfg_scale,
-        remasking=remasking, seed=seed, cache=cache, prompt_cache=prompt_cache, threshold=threshold, factor=factor,
-        stop_at_eos=stop_at_eos,
-    )
+    settings = settings or SamplerSettings()
     if chat:
         batch = lm.builder.chat(prompts, think=think)
         ids, attn = batch.input_ids, batch.attention_mask
     else:
-        from mmada.tokenization import left_pad
-
         ids, attn = left_pad([[lm.builder.special.bos, *lm.builder.encode(p)] for p in prompts], lm.builder.special.eos)
     out = generate_text(
-        lm.model, ids.to(lm.device), attention_mask=attn.to(lm.device), mask_id=lm.builder.special.mask,
-        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device), **settings.sampler_kwargs(),
+        lm.model, ids.to(lm.device), settings, attention_mask=attn.to(lm.device), mask_id=lm.builder.special.mask,
+        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device),
     )
     return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
-def generate_image_codes(
-    lm: LoadedModel, captions: list[str], *, steps: int = 12, guidance_scale: float = 0.0,
-    temperature: float = 1.0, max_text_len: int = 32, seed: int = 0, schedule: str = "cosine",
-    temperature_decay: str = "cumulative", cache: str = "none",
-) -> torch.Tensor:
-    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding.
-
-    Sampler keywords = the fields of :class:`~mmada.diffusion.settings.ImageSamplerSettings`;
-    ``cache="prefix"`` encodes the caption once for all steps.
-    """
-    settings = ImageSamplerSettings.make(steps=steps, guidance_scale=guidance_scale, temperature=temperature,
-                                         seed=seed, schedule=schedule, temperature_decay=temperature_decay, cache=cache)
+def generate_image_codes(lm: LoadedModel, captions: list[str], settings: ImageSamplerSettings | None = None, *,
+                         max_text_len: int = 32) -> torch.Tensor:
+    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding (``settings``: default the plain loop)."""
+    settings = settings or ImageSamplerSettings()
     cfg = lm.model.config
     cond = lm.builder.t2i(captions, num_image_tokens=cfg.num_vq_tokens, max_text_len=max_text_len).to(lm.device)
     uncond = lm.builder.t2i([""] * len(captions), num_image_tokens=cfg.num_vq_tokens,
                             max_text_len=max_text_len).to(lm.device)
     return generate_image(
-        lm.model, cond.input_ids, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
+        lm.model, cond.input_ids, settings, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
         uncond_attention_mask=uncond.attention_mask, codebook_size=cfg.codebook_size,
         image_offset=lm.builder.special.image_offset, num_image_tokens=cfg.num_vq_tokens,
-        mask_id=lm.builder.special.mask, generator=settings.generator(lm.device), **settings.sampler_kwargs(),
+        mask_id=lm.builder.special.mask, generator=settings.generator(lm.device),
     )

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from mmada.diffusion import generate_image, generate_text, num_transfer_tokens
+from mmada.diffusion.settings import ImageSamplerSettings as IS
+from mmada.diffusion.settings import SamplerSettings as S
 from mmada.errors import SamplerError
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from tests.reference_impl import llada_generate_ref, maskgit_ref
@@ -48,14 +50,14 @@ def test_hand_traced_unmasking_order():
     # prompt = 2 tokens; positions 2..5 are generated with confidences ordered 1 < 3 > ... (scores below)
     scores = [0, 0, 1.0, 3.0, 5.0, 2.0]
     trace = []
-    out = generate_text(ScoreModel(scores), torch.tensor([[7, 8]]), steps=4, gen_length=4, block_length=2,
+    out = generate_text(ScoreModel(scores), torch.tensor([[7, 8]]), S(steps=4, gen_length=4, block_length=2),
                         on_step=lambda s: trace.append((s["block"], s["step"], s["transfer"][0].nonzero().flatten().tolist())))
     # Block 0 = positions 2,3: position 3 (score 3) first, then 2; position 4 (score 5) waits for block 1.
     assert trace == [(0, 0, [1]), (0, 1, [0]), (1, 0, [0]), (1, 1, [1])]
     assert out.tolist() == [[7, 8, 12, 13, 14, 15]]
     # One block, two steps: the two most confident positions (4 and 3) first, then 5 and 2.
     trace.clear()
-    generate_text(ScoreModel(scores), torch.tensor([[7, 8]]), steps=2, gen_length=4, block_length=4,
+    generate_text(ScoreModel(scores), torch.tensor([[7, 8]]), S(steps=2, gen_length=4, block_length=4),
                   on_step=lambda s: trace.append(s["transfer"][0].nonzero().flatten().tolist()))
     assert trace == [[1, 2], [0, 3]]
 
@@ -66,8 +68,8 @@ def test_hand_traced_unmasking_order():
 )
 def test_matches_reference_algorithm_token_for_token(model, steps, gen_length, block_length, cfg):
     prompt = torch.randint(4, 40, (2, 5), generator=torch.Generator().manual_seed(steps))
-    ours = generate_text(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
-                         cfg_scale=cfg, mask_id=MASK)
+    ours = generate_text(model, prompt, S(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=cfg),
+                         mask_id=MASK)
     ref = llada_generate_ref(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                              mask_id=MASK, cfg_scale=cfg)
     assert torch.equal(ours, ref)
@@ -79,38 +81,43 @@ def test_left_padded_batch_equals_single_prompts(model):
     p1, p2 = torch.randint(4, 40, (1, 6), generator=g), torch.randint(4, 40, (1, 3), generator=g)
     batch = torch.cat([p1, torch.cat([torch.full((1, 3), 1), p2], 1)])
     attn = torch.tensor([[True] * 6, [False] * 3 + [True] * 3])
-    kw = dict(steps=8, gen_length=8, block_length=4, mask_id=MASK)
-    out = generate_text(model, batch, attention_mask=attn, **kw)
-    assert torch.equal(out[0, 6:], generate_text(model, p1, **kw)[0, 6:])
-    assert torch.equal(out[1, 6:], generate_text(model, p2, **kw)[0, 3:])
-    ref = llada_generate_ref(model, batch, attention_mask=attn, **kw)
+    s = S(steps=8, gen_length=8, block_length=4)
+    out = generate_text(model, batch, s, attention_mask=attn, mask_id=MASK)
+    assert torch.equal(out[0, 6:], generate_text(model, p1, s, mask_id=MASK)[0, 6:])
+    assert torch.equal(out[1, 6:], generate_text(model, p2, s, mask_id=MASK)[0, 3:])
+    ref = llada_generate_ref(model, batch, attention_mask=attn, steps=8, gen_length=8, block_length=4, mask_id=MASK)
     assert torch.equal(out, ref)
 
 
 def test_sampling_with_temperature_is_seeded(model):
     prompt = torch.randint(4, 40, (2, 4), generator=torch.Generator().manual_seed(0))
-    kw = dict(steps=8, gen_length=8, block_length=8, temperature=1.0, mask_id=MASK)
-    a = generate_text(model, prompt, generator=torch.Generator().manual_seed(1), **kw)
-    b = generate_text(model, prompt, generator=torch.Generator().manual_seed(1), **kw)
-    c = generate_text(model, prompt, generator=torch.Generator().manual_seed(2), **kw)
+    s = S(steps=8, gen_length=8, block_length=8, temperature=1.0)
+    a = generate_text(model, prompt, s, mask_id=MASK, generator=torch.Generator().manual_seed(1))
+    b = generate_text(model, prompt, s, mask_id=MASK, generator=torch.Generator().manual_seed(1))
+    c = generate_text(model, prompt, s, mask_id=MASK, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    r = generate_text(model, prompt, remasking="random", generator=torch.Generator().manual_seed(1), **kw)
+    r = generate_text(model, prompt, s.model_copy(update={"remasking": "random"}), mask_id=MASK,
+                      generator=torch.Generator().manual_seed(1))
     assert not (r == MASK).any()
 
 
 def test_bad_arguments_name_the_value(model):
     p = torch.tensor([[5, 6]])
+    # The settings check their own rules, naming the values...
     with pytest.raises(SamplerError, match="gen_length=10 is not divisible by block_length=4"):
-        generate_text(model, p, steps=4, gen_length=10, block_length=4)
+        S.make(steps=4, gen_length=10, block_length=4)
     with pytest.raises(SamplerError, match="steps=5 is not divisible by the number of blocks"):
-        generate_text(model, p, steps=5, gen_length=8, block_length=4)
+        S.make(steps=5, gen_length=8, block_length=4)
+    with pytest.raises(SamplerError, match=r"remasking: Input should be 'low_confidence' or 'random' \(got 'top'\)"):
+        S.make(remasking="top")
+    # ...the sampler checks the tensors and refuses anything but a settings object.
     with pytest.raises(SamplerError, match=r"prompt rows \[1\] contain the mask token id 40"):
-        generate_text(model, torch.tensor([[5, 6], [MASK, 7]]), steps=4, gen_length=4, block_length=4)
-    with pytest.raises(SamplerError, match="remasking='top'"):
-        generate_text(model, p, steps=4, gen_length=4, block_length=4, remasking="top")
+        generate_text(model, torch.tensor([[5, 6], [MASK, 7]]), S(steps=4, gen_length=4, block_length=4))
+    with pytest.raises(SamplerError, match="settings must be a SamplerSettings"):
+        generate_text(model, p, {"steps": 4})
     # A mask id that only appears on left padding is fine.
-    generate_text(model, torch.tensor([[MASK, 6]]), attention_mask=torch.tensor([[False, True]]),
-                  steps=2, gen_length=2, block_length=2)
+    generate_text(model, torch.tensor([[MASK, 6]]), S(steps=2, gen_length=2, block_length=2),
+                  attention_mask=torch.tensor([[False, True]]))
 
 
 def _t2i_rows(n_img=6, text=(1, 5, 9, 12)):
@@ -124,11 +131,10 @@ def _t2i_rows(n_img=6, text=(1, 5, 9, 12)):
 @pytest.mark.parametrize("w", [0.0, 2.0])
 def test_image_sampler_matches_maskgit_reference(model, w):
     cond, uncond = _t2i_rows()
-    kw = dict(steps=5, temperature=1.0)
-    ours = generate_image(model, cond, uncond_input_ids=uncond, guidance_scale=w, codebook_size=16,
-                          image_offset=48, num_image_tokens=6, generator=torch.Generator().manual_seed(5), **kw)
+    ours = generate_image(model, cond, IS(steps=5, temperature=1.0, guidance_scale=w), uncond_input_ids=uncond,
+                          codebook_size=16, image_offset=48, num_image_tokens=6, generator=torch.Generator().manual_seed(5))
     ref = maskgit_ref(model, cond, uncond, N=6, C=16, offset=48, mask_id=MASK, w=w,
-                      generator=torch.Generator().manual_seed(5), **kw)
+                      generator=torch.Generator().manual_seed(5), steps=5, temperature=1.0)
     assert torch.equal(ours, ref)
     assert ours.shape == (2, 6) and ours.min() >= 0 and ours.max() < 16
 
@@ -136,12 +142,12 @@ def test_image_sampler_matches_maskgit_reference(model, w):
 def test_image_sampler_keeps_given_tokens_and_checks_inputs(model):
     cond, _uncond = _t2i_rows()
     cond[:, 5] = 48 + 9  # the first image token is given (inpainting)
-    out = generate_image(model, cond, codebook_size=16, image_offset=48, num_image_tokens=6, steps=4,
+    out = generate_image(model, cond, IS(steps=4), codebook_size=16, image_offset=48, num_image_tokens=6,
                          generator=torch.Generator().manual_seed(0))
     assert (out[:, 0] == 9).all()
     with pytest.raises(SamplerError, match="needs uncond_input_ids"):
-        generate_image(model, cond, codebook_size=16, image_offset=48, guidance_scale=1.0)
+        generate_image(model, cond, IS(guidance_scale=1.0), codebook_size=16, image_offset=48)
     bad = cond.clone()
     bad[0, 6] = 20  # a text token in an image slot
     with pytest.raises(SamplerError, match="outside"):
-        generate_image(model, bad, codebook_size=16, image_offset=48, num_image_tokens=6)
+        generate_image(model, bad, IS(), codebook_size=16, image_offset=48, num_image_tokens=6)

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 import torch
 
-from mmada.diffusion import generate_text
+from mmada.diffusion import SamplerSettings, generate_text
 from mmada.eval.elbo import elbo_loglikelihood, greedy_matches, stratified_mask_counts
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SpecialTokenIds, load_text_tokenizer
@@ -200,7 +200,8 @@ def test_harness_generate_until_batches_and_applies_stops(overfit, harness_lm):
     # independent path: one prompt at a time straight through the sampler
     for (q, _), text in zip(PAIRS, out):
         ids = torch.tensor([[sp.bos, *tok.encode(q, add_special_tokens=False)]])
-        gen = generate_text(model, ids, steps=8, gen_length=8, block_length=8, mask_id=sp.mask)[0, ids.shape[1]:]
+        greedy = SamplerSettings(steps=8, gen_length=8, block_length=8)
+        gen = generate_text(model, ids, greedy, mask_id=sp.mask)[0, ids.shape[1]:]
         toks = gen.tolist()
         toks = toks[: toks.index(sp.eos)] if sp.eos in toks else toks
         assert text == tok.decode(toks, skip_special_tokens=True)
@@ -308,6 +309,11 @@ def test_harness_rejects_unknown_model_args(overfit):
         MMaDALM.create_from_arg_string(f"pretrained={overfit[3]},bogus=1")
     with pytest.raises(MMaDAError, match="block_length"):
         MMaDALM(pretrained=str(overfit[3]), gen_length=10, block_length=4)
+    # every sampler option is a model argument (lm-eval passes strings) and reaches the sampler settings
+    lm = MMaDALM.create_from_arg_string(f"pretrained={overfit[3]},steps=8,gen_length=8,block_length=8,cache=prefix,"
+                                        "threshold=0.9,stop_at_eos=true,seed=3")
+    assert lm.sampler == SamplerSettings(steps=8, gen_length=8, block_length=8, cache="prefix", threshold=0.9,
+                                         stop_at_eos=True, seed=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,19 +321,18 @@ def test_harness_rejects_unknown_model_args(overfit):
 
 
 def test_evaluate_math_generates_and_scores(overfit):
-    from mmada.eval.report import ModelRef, SamplerSettings
+    from mmada.eval.report import ModelRef
     from mmada.eval.runners import evaluate_math
     from mmada.inference import load_checkpoint
 
     lm = load_checkpoint(overfit[3], device="cpu")
     recs = [{"id": i, "question": q, "answer": a.split()[0]} for i, (q, a) in enumerate(PAIRS)]
-    sampler = SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=0.0, cfg_scale=0.0,
-                              remasking="low_confidence", seed=0)
+    sampler = SamplerSettings(steps=8, gen_length=8, block_length=8)
     # The toy model continues "Q: …=" directly; evaluate_math wraps questions as "Question: …\nAnswer:",
     # so its answers are junk — but the run must record everything and score what it produced.
     report, rows = evaluate_math(recs, protocol="gsm8k_flexible", dataset="toy", lm=lm, sampler=sampler,
                                  chat=False, batch_size=4, model_ref=ModelRef.from_path(overfit[3]))
-    assert report.n == 6 and report.sampler.source == "model" and report.sampler.steps == 8
+    assert report.n == 6 and report.source == "model" and report.sampler == sampler  # recorded whole
     assert report.model.version.startswith("sha256:")
     assert all("response" in r and "extracted" in r for r in rows)
     assert report.metrics["accuracy"] == sum(r["correct"] for r in rows) / 6
@@ -337,14 +342,12 @@ def test_evaluate_math_prompt_template_and_difficulty_breakdown(overfit):
     """Asked the way it was trained ('{question}' bare, no chat), the toy model answers every problem;
     records carrying a difficulty get a per-level accuracy."""
     from mmada.errors import MMaDAError
-    from mmada.eval.report import SamplerSettings
     from mmada.eval.runners import evaluate_math
     from mmada.inference import load_checkpoint
 
     lm = load_checkpoint(overfit[3], device="cpu")
     recs = [{"question": q, "answer": a.split()[0], "difficulty": 1 + (i % 2)} for i, (q, a) in enumerate(PAIRS)]
-    sampler = SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=0.0, cfg_scale=0.0,
-                              remasking="low_confidence", seed=0)
+    sampler = SamplerSettings(steps=8, gen_length=8, block_length=8)
     report, rows = evaluate_math(recs, protocol="gsm8k_flexible", dataset="toy", lm=lm, sampler=sampler,
                                  chat=False, prompt_template="{question}", batch_size=6)
     per_level = {k: [r["correct"] for r, rec in zip(rows, recs) if rec["difficulty"] == k] for k in (1, 2)}

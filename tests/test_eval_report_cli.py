@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from mmada.builtin.shapes import generate_shapes, render_scene
 from mmada.cli import main
-from mmada.eval.report import EvalReport, ModelRef, SamplerSettings, flatten_metrics, image_grid, log_report
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
+from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, image_grid, log_report
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import load_text_tokenizer
 
@@ -36,8 +37,7 @@ def tiny_ckpt(tmp_path_factory):
 def _report(**kw) -> EvalReport:
     base = dict(suite="math", protocol="gsm8k_flexible", dataset="builtin:arithmetic", n=3, num_fewshot=5,
                 model=ModelRef(path="ckpt", version="v1"),
-                sampler=SamplerSettings(steps=64, gen_length=64, block_length=32, temperature=0.0, cfg_scale=0.0,
-                                        remasking="low_confidence"),
+                sampler=SamplerSettings(steps=64, gen_length=64, block_length=32),
                 metrics={"accuracy": 2 / 3})
     return EvalReport(**(base | kw))
 
@@ -45,18 +45,22 @@ def _report(**kw) -> EvalReport:
 def test_report_requires_settings_and_prints_them(tmp_path):
     with pytest.raises(ValidationError, match="protocol"):
         EvalReport(suite="math", dataset="x", n=1, model=ModelRef(), sampler=SamplerSettings(), metrics={})
+    with pytest.raises(ValidationError, match="source"):
+        _report(source="guessed")
     with pytest.raises(ValidationError, match="steps_typo"):
         SamplerSettings(steps_typo=3)
     r = _report()
     table = r.table()
     for key, value in [("protocol", "gsm8k_flexible"), ("few-shot", "5"), ("sampler.block_length", "32"),
-                       ("sampler.cache", "null"), ("sampler.threshold", "null"), ("accuracy", "0.6667"),
-                       ("version", "v1")]:
+                       ("sampler.cache", "none"), ("sampler.threshold", "null"), ("sampler.stop_at_eos", "False"),
+                       ("outputs from", "model"), ("accuracy", "0.6667"), ("version", "v1")]:
         assert re.search(rf"^{re.escape(key)}\s+\| {re.escape(value)}$", table, re.M), key
     out = r.write_json(tmp_path / "sub" / "report.json")
     data = json.loads(out.read_text())
-    assert data["sampler"]["remasking"] == "low_confidence" and data["sampler"]["cache"] is None
+    assert data["sampler"] == SamplerSettings(steps=64, gen_length=64, block_length=32).model_dump(mode="json")
     assert EvalReport.model_validate(data) == r
+    images = _report(suite="t2i_shapes", sampler=ImageSamplerSettings(guidance_scale=2.0))  # either settings type
+    assert EvalReport.model_validate_json(images.model_dump_json()).sampler == ImageSamplerSettings(guidance_scale=2.0)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["report.json"]  # no temp files left
     assert flatten_metrics({"a": {"b": 1, "c": "x"}, "d": True}) == {"a/b": 1.0, "d": 1.0}
 
@@ -84,7 +88,8 @@ def test_log_report_to_mlflow_sqlite(tracking_uri, tmp_path):
     assert run.data.metrics["accuracy"] == pytest.approx(2 / 3)
     assert run.data.params["protocol"] == "gsm8k_flexible" and run.data.params["sampler.steps"] == "64"
     assert run.data.params["num_fewshot"] == "5" and run.data.params["sampler.cfg_scale"] == "0.0"
-    assert run.data.tags["mmada.model_version"] == "v1" and run.data.params["sampler.cache"] == "null"
+    assert run.data.tags["mmada.model_version"] == "v1" and run.data.params["sampler.cache"] == "none"
+    assert run.data.params["sampler.threshold"] == "null" and run.data.params["source"] == "model"
     arts = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "images")}
     assert {"report.json", "images/generated_grid.png"} <= arts
     png = c.download_artifacts(rid, "images/generated_grid.png", str(tmp_path))
@@ -119,7 +124,7 @@ def test_cli_t2i_scores_image_files_and_logs(tmp_path, tracking_uri, capsys):
     rep = json.loads(out.read_text())
     assert rep["metrics"]["task/counting"] == 0.0 and rep["metrics"]["task/position"] == 1.0
     assert rep["metrics"]["overall"] == pytest.approx(5 / 6)
-    assert rep["sampler"]["source"] == "predictions_file" and rep["sampler"]["guidance_scale"] == 3.5
+    assert rep["source"] == "predictions_file" and rep["sampler"]["guidance_scale"] == 3.5  # as stated
     assert rep["protocol"] == "geneval_shapes" and rep["n"] == 12
     assert (tmp_path / "png" / "generated_grid.png").is_file()
     printed = capsys.readouterr().out
@@ -135,7 +140,7 @@ def test_cli_math_from_predictions_and_errors(tmp_path, capsys):
     assert main(["eval", "math", "--data", str(p), "--protocol", "boxed", "--out", str(out),
                  "--samples-out", str(tmp_path / "s.jsonl")]) == 0
     rep = json.loads(out.read_text())
-    assert rep["metrics"]["accuracy"] == 0.5 and rep["sampler"]["source"] == "predictions_file"
+    assert rep["metrics"]["accuracy"] == 0.5 and rep["source"] == "predictions_file" and rep["sampler"] is None
     assert rep["details"]["match"] == "equivalent"
     samples = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [s["extracted"] for s in samples] == ["0.5", "5"]
@@ -177,7 +182,7 @@ def test_cli_generation_and_mmu_with_a_checkpoint(tiny_ckpt, tmp_path):
                  "--steps", "4", "--device", "cpu", "--out", str(out), "--images-dir", str(tmp_path),
                  "--samples-out", str(tmp_path / "t2i.jsonl")]) == 0
     rep = json.loads(out.read_text())
-    assert rep["sampler"]["source"] == "model" and rep["sampler"]["steps"] == 4 and rep["n"] == 6
+    assert rep["source"] == "model" and rep["sampler"]["steps"] == 4 and rep["n"] == 6
     rows = [json.loads(x) for x in (tmp_path / "t2i.jsonl").read_text().splitlines()]
     recs = generate_shapes(6, seed=0)
     assert [r["id"] for r in rows] == [r["id"] for r in recs]  # the records' own ids
@@ -233,8 +238,10 @@ def test_fast_sampler_settings_are_used_and_reported(tiny_ckpt, tmp_path):
                      "--steps", "4", "--gen-length", "4", "--block-length", "4", "--device", "cpu",
                      "--out", str(out), *extra]) == 0
         reports[name] = json.loads(out.read_text())
-    assert reports["plain"]["sampler"]["cache"] is None and reports["plain"]["sampler"]["threshold"] is None
+    assert reports["plain"]["sampler"]["cache"] == "none" and reports["plain"]["sampler"]["threshold"] is None
+    assert reports["plain"]["sampler"]["prompt_cache"] == "per_block"
     assert reports["fast"]["sampler"]["cache"] == "prefix" and reports["fast"]["sampler"]["threshold"] == 0.9
+    assert reports["fast"]["sampler"]["prompt_cache"] == "once"  # MMU with a cache: the image prefix encoded once
     assert reports["fast"]["n"] == reports["plain"]["n"]
     with pytest.raises(SystemExit):
         main(["eval", "mmu", "--cache", "triple"])

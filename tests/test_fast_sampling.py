@@ -14,6 +14,8 @@ import torch
 from mmada.diffusion import generate_image, generate_text
 from mmada.diffusion.cache import BlockLogits
 from mmada.diffusion.parallel import confident_counts
+from mmada.diffusion.settings import ImageSamplerSettings as IS
+from mmada.diffusion.settings import SamplerSettings as S
 from mmada.errors import ConfigError, SamplerError
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.models.modeling import KVCache
@@ -133,7 +135,7 @@ def test_prefix_and_dual_logits_match_full_forward_at_every_block_start(deep):
     P, G, blk = ids.shape[1], 12, 4
     am = torch.cat([attn, torch.ones(3, G, dtype=torch.bool)], 1)
     snaps = {}
-    generate_text(deep, ids, attention_mask=attn, steps=12, gen_length=G, block_length=blk, mask_id=MASK,
+    generate_text(deep, ids, S(steps=12, gen_length=G, block_length=blk), attention_mask=attn, mask_id=MASK,
                   on_step=lambda d: snaps.__setitem__((d["block"], d["step"]), d["x"]))
     x = torch.cat([ids, torch.full((3, G), MASK)], 1)
     for b in range(G // blk):
@@ -153,7 +155,7 @@ def test_cache_error_is_small_for_a_smoothly_initialised_model():
     model = make_model(2, init=0.02)  # the usual init: K/V change little between steps
     ids = torch.randint(4, 40, (2, 6), generator=torch.Generator().manual_seed(0))
     snaps = {}
-    generate_text(model, ids, steps=16, gen_length=16, block_length=4, mask_id=MASK,
+    generate_text(model, ids, S(steps=16, gen_length=16, block_length=4), mask_id=MASK,
                   on_step=lambda d: snaps.__setitem__((d["block"], d["step"]), d["x"]))
     x = torch.cat([ids, torch.full((2, 16), MASK)], 1)
     for b in range(4):
@@ -172,25 +174,25 @@ def test_cache_error_is_small_for_a_smoothly_initialised_model():
 @pytest.mark.parametrize("cfg", [0.0, 1.5])
 def test_caches_are_exact_for_a_one_layer_model(one_layer, cache, prompt_cache, cfg):
     ids, attn, _ = padded_batch()
-    kw = dict(steps=12, gen_length=12, block_length=4, mask_id=MASK, attention_mask=attn, cfg_scale=cfg)
-    plain = generate_text(one_layer, ids, **kw)
-    fast = generate_text(one_layer, ids, cache=cache, prompt_cache=prompt_cache, **kw)
+    base, kw = S(steps=12, gen_length=12, block_length=4, cfg_scale=cfg), dict(mask_id=MASK, attention_mask=attn)
+    plain = generate_text(one_layer, ids, base, **kw)
+    fast = generate_text(one_layer, ids, base.model_copy(update={"cache": cache, "prompt_cache": prompt_cache}), **kw)
     assert torch.equal(fast, plain)
 
 
 def test_cache_equals_plain_when_every_block_is_one_step(deep):
     ids, attn, _ = padded_batch()
-    kw = dict(steps=3, gen_length=12, block_length=4, mask_id=MASK, attention_mask=attn)
-    plain = generate_text(deep, ids, **kw)
+    kw = dict(mask_id=MASK, attention_mask=attn)
+    plain = generate_text(deep, ids, S(steps=3, gen_length=12, block_length=4), **kw)
     for cache in ("prefix", "dual"):
-        assert torch.equal(generate_text(deep, ids, cache=cache, **kw), plain)
+        assert torch.equal(generate_text(deep, ids, S(steps=3, gen_length=12, block_length=4, cache=cache), **kw), plain)
 
 
 def test_dual_equals_prefix_with_a_single_block(deep):
     ids, attn, _ = padded_batch()
-    kw = dict(steps=8, gen_length=8, block_length=8, mask_id=MASK, attention_mask=attn)
-    prefix = generate_text(deep, ids, cache="prefix", **kw)
-    assert torch.equal(generate_text(deep, ids, cache="dual", **kw), prefix)
+    kw = dict(mask_id=MASK, attention_mask=attn)
+    prefix = generate_text(deep, ids, S(steps=8, gen_length=8, block_length=8, cache="prefix"), **kw)
+    assert torch.equal(generate_text(deep, ids, S(steps=8, gen_length=8, block_length=8, cache="dual"), **kw), prefix)
     assert not (prefix == MASK).any()
 
 
@@ -201,10 +203,10 @@ def test_dual_equals_prefix_with_a_single_block(deep):
 ])
 def test_mixed_length_batch_equals_one_prompt_at_a_time(deep, opts):
     ids, attn, rows = padded_batch()
-    kw = dict(steps=12, gen_length=12, block_length=4, mask_id=MASK, **opts)
-    out = generate_text(deep, ids, attention_mask=attn, **kw)
+    settings = S(steps=12, gen_length=12, block_length=4, **opts)
+    out = generate_text(deep, ids, settings, attention_mask=attn, mask_id=MASK)
     for i, r in enumerate(rows):
-        single = generate_text(deep, r[None], **kw)
+        single = generate_text(deep, r[None], settings, mask_id=MASK)
         assert torch.equal(out[i, ids.shape[1]:], single[0, len(r):]), (i, opts)
 
 
@@ -220,11 +222,11 @@ def test_mmu_image_prefix_is_encoded_once(one_layer):
     for i, r in enumerate(rows):
         ids[i, P - len(r):], attn[i, P - len(r):] = r, True
     G, blk, steps = 12, 4, 12
-    kw = dict(steps=steps, gen_length=G, block_length=blk, mask_id=MASK, attention_mask=attn)
+    base, kw = S(steps=steps, gen_length=G, block_length=blk), dict(mask_id=MASK, attention_mask=attn)
     fed = []
-    plain = generate_text(one_layer, ids, **kw)
-    fast = generate_text(one_layer, ids, cache="prefix", prompt_cache="once", on_step=lambda d: fed.append(d["tokens"]),
-                         **kw)
+    plain = generate_text(one_layer, ids, base, **kw)
+    once = base.model_copy(update={"cache": "prefix", "prompt_cache": "once"})
+    fast = generate_text(one_layer, ids, once, on_step=lambda d: fed.append(d["tokens"]), **kw)
     assert torch.equal(fast, plain)
     L, B, per = P + G, 2, steps // (G // blk)
     # first step: the whole sequence; later block starts: only [P, L); other steps: [s, L)
@@ -235,7 +237,8 @@ def test_mmu_image_prefix_is_encoded_once(one_layer):
             expected += B * (L if (b, i) == (0, 0) else (L - P if i == 0 else L - s))
     assert fed[-1] == expected
     per_block = []
-    generate_text(one_layer, ids, cache="prefix", on_step=lambda d: per_block.append(d["tokens"]), **kw)
+    generate_text(one_layer, ids, base.model_copy(update={"cache": "prefix"}),
+                  on_step=lambda d: per_block.append(d["tokens"]), **kw)
     assert per_block[-1] - fed[-1] == B * P * (G // blk - 1)  # the prompt re-encoded at each later block
 
 
@@ -277,12 +280,10 @@ def test_threshold_and_factor_hand_traced():
     # scores 9 → 0.995, 8 → 0.987, 4.6 → 0.718, 2 → 0.159, 1 → 0.065, 0.5 → 0.041
     scores = [0, 0, 9.0, 1.0, 8.0, 2.0, 4.6, 0.5]
     prompt = torch.tensor([[7, 8]])
-    kw = dict(steps=6, gen_length=6, block_length=6)
-
     def trace(**opts):
         t = []
-        out = generate_text(ScoreModel(scores), prompt, on_step=lambda d: t.append(d["transfer"][0].nonzero().flatten().tolist()),
-                            **kw, **opts)
+        out = generate_text(ScoreModel(scores), prompt, S(steps=6, gen_length=6, block_length=6, **opts),
+                            on_step=lambda d: t.append(d["transfer"][0].nonzero().flatten().tolist()))
         assert out[0, 2:].tolist() == [12, 13, 14, 15, 16, 17]
         return t
 
@@ -298,19 +299,19 @@ def test_threshold_and_factor_hand_traced():
 def test_threshold_of_one_or_more_is_the_plain_sampler(deep, threshold):
     ids, attn, _ = padded_batch()
     for steps in (12, 6):  # one token per step, and two per step
-        kw = dict(steps=steps, gen_length=12, block_length=4, mask_id=MASK, attention_mask=attn)
+        base, kw = S(steps=steps, gen_length=12, block_length=4), dict(mask_id=MASK, attention_mask=attn)
         counts = []
-        out = generate_text(deep, ids, threshold=threshold, on_step=lambda d, c=counts: c.append(int(d["transfer"].sum())),
-                            **kw)
-        assert torch.equal(out, generate_text(deep, ids, **kw))
+        out = generate_text(deep, ids, base.model_copy(update={"threshold": threshold}),
+                            on_step=lambda d, c=counts: c.append(int(d["transfer"].sum())), **kw)
+        assert torch.equal(out, generate_text(deep, ids, base, **kw))
         assert counts == [3 * 12 // steps] * steps
 
 
 def test_low_threshold_needs_fewer_steps_and_finishes_every_block(deep):
     ids, attn, _ = padded_batch()
-    kw = dict(steps=12, gen_length=12, block_length=4, mask_id=MASK, attention_mask=attn)
     steps = []
-    out = generate_text(deep, ids, threshold=0.3, cache="prefix", on_step=lambda d: steps.append(d["step"]), **kw)
+    out = generate_text(deep, ids, S(steps=12, gen_length=12, block_length=4, threshold=0.3, cache="prefix"),
+                        mask_id=MASK, attention_mask=attn, on_step=lambda d: steps.append(d["step"]))
     assert not (out == MASK).any()
     assert len(steps) < 12
 
@@ -341,21 +342,22 @@ class EosModel(torch.nn.Module):
 
 def test_stop_at_eos_fills_finished_rows_and_stops():
     prompt = torch.tensor([[4 + 3, 9], [4 + 7, 9]])  # row 0 answers 3 tokens, row 1 answers 7
-    kw = dict(steps=16, gen_length=16, block_length=4)
+    plain_s = S(steps=16, gen_length=16, block_length=4)
+    stop = plain_s.model_copy(update={"stop_at_eos": True})
     m = EosModel(P=2)
-    plain = generate_text(m, prompt, **kw)
+    plain = generate_text(m, prompt, plain_s)
     assert m.calls == 16
     m.calls = 0
-    fast = generate_text(m, prompt, stop_at_eos=True, **kw)
+    fast = generate_text(m, prompt, stop)
     assert torch.equal(fast, plain)  # here the model would have produced the EOS fill anyway
     assert m.calls == 8  # blocks 0 and 1: row 1's second block ends with EOS, then all rows are done
     # row 0 alone finishes after its first block
     m.calls = 0
-    solo = generate_text(m, prompt[:1], stop_at_eos=True, **kw)
+    solo = generate_text(m, prompt[:1], stop)
     assert m.calls == 4 and torch.equal(solo[0], fast[0])
     # EOS id from the argument (here: token 23 ends the answer) instead of model.config
     m.calls = 0
-    other = generate_text(m, prompt, stop_at_eos=True, eos_id=20 + 5 % 20, **kw)
+    other = generate_text(m, prompt, stop, eos_id=20 + 5 % 20)
     assert m.calls == 16  # row 1's first block ends with 25, row 0 never emits it
     assert (other[1, 6:] == 25).all() and torch.equal(other[0], plain[0])
 
@@ -364,7 +366,7 @@ def test_stop_at_eos_needs_an_eos_id():
     m = ScoreModel([0] * 6)
     m.config = SimpleNamespace(mask_token_id=MASK)
     with pytest.raises(SamplerError, match="stop_at_eos needs eos_id"):
-        generate_text(m, torch.tensor([[7, 8]]), steps=4, gen_length=4, block_length=2, stop_at_eos=True)
+        generate_text(m, torch.tensor([[7, 8]]), S(steps=4, gen_length=4, block_length=2, stop_at_eos=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,11 +385,11 @@ def _t2i_rows(n_img=6):
 @pytest.mark.parametrize("w", [0.0, 2.0])
 def test_image_prompt_cache_is_exact_for_one_layer_and_feeds_less(one_layer, deep, w):
     cond, uncond, attn, uattn = _t2i_rows()
-    kw = dict(uncond_input_ids=uncond, attention_mask=attn, uncond_attention_mask=uattn, guidance_scale=w,
-              codebook_size=16, image_offset=48, num_image_tokens=6, steps=5)
+    kw = dict(uncond_input_ids=uncond, attention_mask=attn, uncond_attention_mask=uattn, codebook_size=16,
+              image_offset=48, num_image_tokens=6)
     fed = {}
     for cache in ("none", "prefix"):
-        out = [generate_image(m, cond, cache=cache, generator=torch.Generator().manual_seed(5),
+        out = [generate_image(m, cond, IS(steps=5, guidance_scale=w, cache=cache), generator=torch.Generator().manual_seed(5),
                               on_step=lambda d, c=cache: fed.__setitem__(c, d["tokens"]), **kw) for m in (one_layer, deep)]
         fed[cache + "_out"] = out
     assert torch.equal(fed["prefix_out"][0], fed["none_out"][0])
@@ -400,20 +402,19 @@ def test_image_prompt_cache_is_exact_for_one_layer_and_feeds_less(one_layer, dee
 # argument errors
 
 
-def test_fast_sampler_arguments_are_checked(deep):
-    p = torch.tensor([[5, 6]])
-    kw = dict(steps=4, gen_length=4, block_length=4, mask_id=MASK)
+def test_fast_sampler_arguments_are_checked():
+    """The rules between fast-sampling options live in the settings, each failure naming the field."""
     for opts, msg in [
-        ({"cache": "full"}, r"cache='full'; expected one of \('none', 'prefix', 'dual'\)"),
-        ({"threshold": -0.5}, "threshold=-0.5 must be a positive number"),
-        ({"threshold": 0.9, "factor": 1.0}, "choose one parallel-decoding rule"),
-        ({"factor": 0}, "factor=0 must be a positive number"),
-        ({"threshold": 0.9, "remasking": "random"}, "remasking='random' must be 'low_confidence'"),
+        ({"cache": "full"}, r"cache: Input should be 'none', 'prefix' or 'dual' \(got 'full'\)"),
+        ({"threshold": -0.5}, r"threshold: Input should be greater than 0 \(got -0.5\)"),
+        ({"threshold": 0.9, "factor": 1.0}, "threshold and factor are exclusive"),
+        ({"factor": 0}, r"factor: Input should be greater than 0 \(got 0\)"),
+        ({"threshold": 0.9, "remasking": "random"}, "threshold/factor decoding needs remasking='low_confidence'"),
         ({"prompt_cache": "once"}, "prompt_cache='once' needs cache='prefix' or 'dual'"),
-        ({"prompt_cache": "never", "cache": "prefix"}, "prompt_cache='never'"),
+        ({"prompt_cache": "never", "cache": "prefix"}, r"prompt_cache: Input should be 'per_block' or 'once'"),
+        ({"stop_at_eos": "maybe"}, "stop_at_eos: Input should be a valid boolean"),
     ]:
         with pytest.raises(SamplerError, match=msg):
-            generate_text(deep, p, **kw, **opts)
-    cond, _, _, _ = _t2i_rows()
-    with pytest.raises(SamplerError, match="cache='dual' for images"):
-        generate_image(deep, cond, codebook_size=16, image_offset=48, num_image_tokens=6, cache="dual")
+            S.make(steps=4, gen_length=4, block_length=4, **opts)
+    with pytest.raises(SamplerError, match=r"cache: Input should be 'none' or 'prefix' \(got 'dual'\)"):
+        IS.make(cache="dual")  # every image slot can change at every step: no dual cache for images

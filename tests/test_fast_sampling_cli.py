@@ -30,7 +30,7 @@ def test_settings_validate_and_record():
     assert s.describe() == "gen256/blk32/steps256 cache=prefix threshold=0.9"
     rec = s.record()
     assert rec["sampler.cache"] == "prefix" and rec["sampler.threshold"] == 0.9 and rec["sampler.block_length"] == 32
-    assert set(s.sampler_kwargs()) == set(rec_k.removeprefix("sampler.") for rec_k in rec) - {"seed"}
+    assert set(rec) == {f"sampler.{k}" for k in SamplerSettings.model_fields}
     for kw, msg in [
         (dict(gen_length=10, block_length=4), "gen_length=10 is not divisible by block_length=4"),
         (dict(threshold=0.9, factor=1.0), "threshold and factor are exclusive"),
@@ -49,12 +49,13 @@ def test_generate_answers_cache_is_exact_on_a_one_layer_checkpoint(checkpoint):
     lm = load_checkpoint(checkpoint, device="cpu")
     prompts = ["What is 2+3?", "Ann has 4 apples. How many now?", "x"]  # mixed lengths: left padding
     base = SamplerSettings(steps=16, gen_length=16, block_length=8)
-    plain = generate_answers(lm, prompts, **base.model_dump())
+    plain = generate_answers(lm, prompts, base)
     for opts in ({"cache": "prefix"}, {"cache": "dual", "prompt_cache": "once"}):
-        assert generate_answers(lm, prompts, **base.model_copy(update=opts).model_dump()) == plain
-    fast = generate_answers(lm, prompts, **base.model_copy(update={"cache": "prefix", "threshold": 0.5}).model_dump())
+        assert generate_answers(lm, prompts, base.model_copy(update=opts)) == plain
+    fast = generate_answers(lm, prompts, base.model_copy(update={"cache": "prefix", "threshold": 0.5}))
     assert len(fast) == 3 and all(isinstance(a, str) for a in fast)
-    codes = [generate_image_codes(lm, ["a red circle", "a square"], steps=4, guidance_scale=1.5, cache=c, seed=3)
+    codes = [generate_image_codes(lm, ["a red circle", "a square"],
+                                  ImageSamplerSettings(steps=4, guidance_scale=1.5, cache=c, seed=3))
              for c in ("none", "prefix")]
     assert torch.equal(codes[0], codes[1])
 

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 COPY = ["mmada", "flows", "configs", "data_specs", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
         "pyproject.toml", ".gitignore"]
 MODEL = {"n_layers": 1, "d_model": 64, "n_heads": 2, "n_kv_heads": 2, "mlp_hidden_size": 128}
-SAMPLES = {"prompts": ["What is 2 + 3?"], "captions": ["a red circle", "a blue square"], "gen_length": 8,
-           "block_length": 8, "steps": 4, "image_steps": 2}
+SAMPLES = {"prompts": ["What is 2 + 3?"], "captions": ["a red circle", "a blue square"],
+           "sampler": {"steps": 4, "gen_length": 8, "block_length": 8}, "image_sampler": {"steps": 2}}
 
 
 def tiny_params(steps: int = 4) -> dict:
@@ -53,11 +53,13 @@ def tiny_params(steps: int = 4) -> dict:
         c["checkpoint"]["every_n_steps"] = 2
         c["samples"].update(SAMPLES)
         c["tracking"]["log_system_metrics"] = False
-        c["grpo"].update(num_generations=2, num_iterations=1, steps=4, gen_length=8, block_length=8, t2i_steps=2)
+        c["grpo"].update(num_generations=2, num_iterations=1)
+        c["grpo"]["sampler"].update(steps=4, gen_length=8, block_length=8)
+        c["grpo"]["image_sampler"].update(steps=2)
         for s in c["data"]["streams"].values():
             s["batch_size"] = 1
-    d["evaluate"].update(math_n=2, mmu_n=1, t2i_n=2, recon_n=2, text_steps=4, gen_length=8, block_length=8,
-                         image_steps=2, batch_size=4)
+    d["evaluate"].update(math_n=2, mmu_n=1, t2i_n=2, recon_n=2, batch_size=4,
+                         sampler={"steps": 4, "gen_length": 8, "block_length": 8}, image_sampler={"steps": 2})
     return d
 
 

@@ -7,6 +7,7 @@ import torch
 
 from mmada.builtin.arithmetic import generate_arithmetic
 from mmada.builtin.shapes import generate_shapes, render_scene
+from mmada.diffusion.settings import SamplerSettings
 from mmada.errors import ConfigError
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.rl import (
@@ -84,12 +85,11 @@ def test_first_inner_step_ratio_one_kl_zero_and_masks_only_in_completions(tiny):
     probs = generate_arithmetic(3, seed=0)
     g = torch.Generator().manual_seed(0)
     model.eval()
-    r = rollout_text(model, sb, [p["question"] for p in probs], 2, think=False, steps=8, gen_length=8,
-                     block_length=4, temperature=1.0, generator=g)
+    cfg = GRPOConfig(num_generations=2, beta=0.05, num_iterations=2, reward_funcs=["format"], reward_weights={},
+                     sampler=SamplerSettings(steps=8, gen_length=8, block_length=4, temperature=1.0))
+    r = rollout_text(model, sb, [p["question"] for p in probs], 2, settings=cfg.sampler, think=False, generator=g)
     assert r.sequences.shape[0] == 6 and r.prompt_index == [0, 0, 1, 1, 2, 2]
     assert not (r.completion_mask & r.prompt_mask).any()
-    cfg = GRPOConfig(num_generations=2, beta=0.05, num_iterations=2, gen_length=8, block_length=4,
-                     reward_funcs=["format"], reward_weights={})
     scored = score_rollout(r, cfg, [p["question"] for p in probs], {})
     its = prepare_iterations(model, model, r, cfg, mask_id=sb.special.mask, generator=g)
     for it in its:
@@ -103,10 +103,9 @@ def test_first_inner_step_ratio_one_kl_zero_and_masks_only_in_completions(tiny):
     # The two iterations draw different masks.
     assert not torch.equal(its[0].noised.masked, its[1].noised.masked)
     # Rollouts take the fast-sampling options (cache + threshold) through the same config.
-    fast = GRPOConfig(num_generations=2, gen_length=8, block_length=4, cache="prefix", threshold=0.9,
-                      reward_funcs=["format"], reward_weights={})
-    rf = rollout_text(model, sb, [probs[0]["question"]], 2, think=False, steps=8, gen_length=8, block_length=4,
-                      temperature=0.0, sampler_kwargs=fast.sampler_kwargs())
+    fast = GRPOConfig(num_generations=2, reward_funcs=["format"], reward_weights={},
+                      sampler={"steps": 8, "gen_length": 8, "block_length": 4, "cache": "prefix", "threshold": 0.9})
+    rf = rollout_text(model, sb, [probs[0]["question"]], 2, settings=fast.sampler, think=False)
     assert rf.sequences.shape[0] == 2 and int(rf.prompt_mask[0].sum()) + 8 == rf.sequences.shape[1]
     assert not (rf.sequences == sb.special.mask).any()  # every generated position was decoded
 
@@ -183,16 +182,16 @@ def test_reward_rises_on_a_learnable_task(tiny):
     ref.load_state_dict(model.state_dict())
     ref.eval()
     probs = generate_arithmetic(200, seed=0, difficulty=1)
-    cfg = GRPOConfig(num_generations=4, gen_length=8, block_length=8, steps=8, think=False, num_iterations=2,
-                     beta=0.01, reward_funcs=["test_digit_fraction"], reward_weights={})
+    cfg = GRPOConfig(num_generations=4, think=False, num_iterations=2, beta=0.01, reward_funcs=["test_digit_fraction"],
+                     reward_weights={}, sampler=SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=1.0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     rewards = []
     for _ in range(30):
         idx = torch.randint(0, len(probs), (4,), generator=g).tolist()
         model.eval()
-        r = rollout_text(model, sb, [probs[i]["question"] for i in idx], cfg.num_generations, think=False,
-                         steps=8, gen_length=8, block_length=8, temperature=1.0, generator=g)
+        r = rollout_text(model, sb, [probs[i]["question"] for i in idx], cfg.num_generations, settings=cfg.sampler,
+                         think=False, generator=g)
         scored = score_rollout(r, cfg, [probs[i]["question"] for i in idx], {})
         model.train()
         for it in prepare_iterations(model, ref, r, cfg, mask_id=sb.special.mask, generator=g):

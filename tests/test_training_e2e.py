@@ -54,8 +54,8 @@ def assert_falls(losses: list[float], k: int = 5, factor: float = 0.8) -> None:
 
 def test_pretrain_then_sft_from_the_registry(data, tmp_path_factory, tmp_path, capsys):
     uri = fresh_mlflow_uri(tmp_path_factory, tmp_path)
-    samples = {"prompts": ["What is 2 + 3?"], "captions": ["a red circle", "a blue square"], "gen_length": 8,
-               "block_length": 8, "steps": 4, "image_steps": 2}
+    samples = {"prompts": ["What is 2 + 3?"], "captions": ["a red circle", "a blue square"],
+               "sampler": {"steps": 4, "gen_length": 8, "block_length": 8}, "image_sampler": {"steps": 2}}
     pre_cfg_dict = tiny_config(data, tmp_path / "pre", uri, steps=30, samples=samples)
     pre_cfg = load_train_config(pre_cfg_dict)
     pre = train(pre_cfg)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.training import load_train_config, train
 from tests.test_training_support import (
     curated_data,
@@ -24,8 +25,9 @@ from tests.test_training_support import (
 REPO = Path(__file__).resolve().parents[1]
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
-GRPO = {"num_generations": 2, "num_iterations": 2, "beta": 0.01, "temperature": 1.0, "steps": 8,
-        "gen_length": 8, "block_length": 8, "t2i_steps": 2, "guidance_scale": 1.0, "think": True,
+GRPO = {"num_generations": 2, "num_iterations": 2, "beta": 0.01, "think": True,
+        "sampler": {"steps": 8, "gen_length": 8, "block_length": 8, "temperature": 1.0},
+        "image_sampler": {"steps": 2, "guidance_scale": 1.0},
         "reward_funcs": ["math_correctness", "format", "mmu_correctness", "shapes_t2i"],
         "reward_weights": {"math_correctness": 2.0, "format": 0.5, "mmu_correctness": 2.0, "shapes_t2i": 1.0}}
 
@@ -62,16 +64,20 @@ def test_grpo_stage_registers_a_grpo_version_with_lineage(data, sft_parent, tmp_
         real = getattr(grpo_mod, name)
 
         def spy(*a, _real=real, _key=key, **kw):
-            seen[_key].append(kw["temperature"])
+            seen[_key].append(kw["settings"])
             return _real(*a, **kw)
 
         monkeypatch.setattr(grpo_mod, name, spy)
     uri, parent = sft_parent
     cfg = grpo_config(data, tmp_path / "grpo", uri)
-    cfg["grpo"]["t2i_temperature"] = 0.5  # images sampled at their own temperature, text at grpo.temperature
+    # Every sampler option reaches the rollouts unchanged (fast text sampling, a cached image prompt).
+    text = {**GRPO["sampler"], "cache": "dual", "prompt_cache": "once", "threshold": 0.9, "stop_at_eos": True}
+    image = {**GRPO["image_sampler"], "temperature": 0.5, "cache": "prefix", "temperature_decay": "linear"}
+    cfg["grpo"].update(sampler=text, image_sampler=image)
     res = train(load_train_config(cfg))
     assert res.global_step == 4
-    assert seen["t2i"] == [0.5, 0.5] and seen["text"] and set(seen["text"]) == {GRPO["temperature"]}
+    assert seen["t2i"] == [ImageSamplerSettings(**image)] * 2
+    assert seen["text"] and set(seen["text"]) == {SamplerSettings(**text)}
     client = MlflowClient(uri)
     mv = client.get_model_version_by_alias("mmada-test", "grpo")
     assert str(mv.version) == res.model_version and int(mv.version) > int(parent.model_version)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmada.cli._sampler_args import add_sampler_args, given_sampler_fields, sampler_from_args
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
-
-TEXT_DEFAULTS = dict(steps=64, gen_length=64, block_length=32, temperature=0.0)
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -35,50 +35,28 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model(p: argparse.ArgumentParser, *, text: bool = True, image: bool = False) -> None:
-    g = p.add_argument_group("model and sampler")
+    g = p.add_argument_group("model")
     g.add_argument("--checkpoint", default=None, help="checkpoint directory (omit to score given predictions)")
     g.add_argument("--tokenizer", default=None, help="tokenizer dir or 'builtin' (default: the checkpoint's)")
     g.add_argument("--model-version", default=None, help="version label (default: weights fingerprint)")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, choices=["bf16", "fp32"])
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=None, help="sampler steps (text: 64; image MaskGIT: 12)")
-    g.add_argument("--temperature", type=float, default=None, help="text: 0.0 (greedy); image: 1.0")
-    g.add_argument("--cfg-scale", type=float, default=0.0, help="text classifier-free guidance")
-    if text:
-        g.add_argument("--gen-length", type=int, default=None, help="generated tokens (64)")
-        g.add_argument("--block-length", type=int, default=None, help="block length (32)")
-        g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-        g.add_argument("--cache", default=None, choices=["none", "prefix", "dual"],
-                       help="KV cache of the sampler (fast sampling; default: none)")
-        g.add_argument("--threshold", type=float, default=None,
-                       help="confidence-threshold parallel decoding (default: off)")
     if image:
-        g.add_argument("--guidance-scale", type=float, default=0.0, help="image CFG (MaskGIT)")
-        g.add_argument("--image-tokenizer", default="palette", help="'palette' (demo quantiser) or a MAGVIT-v2 dir")
+        g.add_argument("--image-tokenizer", default="palette",
+                       help="'palette' (the built-in world's fixed quantiser) or a MAGVIT-v2 dir")
+    if text:
+        add_sampler_args(p, SamplerSettings, "text sampler (defaults = the plain sampler)")
+    else:
+        add_sampler_args(p, ImageSamplerSettings, "MaskGIT sampler (defaults = the plain loop)")
 
 
-def _text_sampler(args):
-    from mmada.eval.report import SamplerSettings
-
-    d = TEXT_DEFAULTS
-    return SamplerSettings(
-        steps=args.steps or d["steps"], gen_length=args.gen_length or d["gen_length"],
-        block_length=args.block_length or d["block_length"],
-        temperature=d["temperature"] if args.temperature is None else args.temperature,
-        cfg_scale=args.cfg_scale, remasking=args.remasking, seed=args.seed,
-        cache=None if args.cache in (None, "none") else args.cache, threshold=args.threshold,
-    )
-
-
-def _image_sampler(args):
-    from mmada.eval.report import SamplerSettings
-
-    return SamplerSettings(
-        steps=args.steps or 12, temperature=1.0 if args.temperature is None else args.temperature,
-        guidance_scale=args.guidance_scale, seed=args.seed,
-    )
+def _sampler(args, cls, **defaults):
+    """The settings of a run that generates (``--checkpoint``); for given outputs, the settings the
+    user states with the sampler flags, or None."""
+    if args.checkpoint is None and not given_sampler_fields(args):
+        return None
+    return sampler_from_args(cls, args, **defaults)
 
 
 def _load_lm(args):
@@ -125,7 +103,7 @@ def _math(args) -> int:
         fewshot = load_records(args.fewshot_data, n=args.num_fewshot)
     lm, ref = _load_lm(args)
     report, rows = evaluate_math(
-        recs, protocol=args.protocol, dataset=args.data, lm=lm, sampler=_text_sampler(args),
+        recs, protocol=args.protocol, dataset=args.data, lm=lm, sampler=_sampler(args, SamplerSettings),
         num_fewshot=args.num_fewshot, fewshot_records=fewshot, question_field=args.question_field,
         answer_field=args.answer_field, response_field=args.response_field, match=args.match,
         chat=not args.no_chat, think=args.think, prompt_template=args.prompt_template or LM_EVAL_TEMPLATE,
@@ -177,8 +155,11 @@ def _mmu(args) -> int:
     items = shapes_vqa_items(recs) if recs and "vqa" in recs[0] else recs
     lm, ref = _load_lm(args)
     codec = load_image_codec(args.image_tokenizer) if lm is not None else None
+    # With a KV cache, the image prefix is encoded once (Fast-dLLM-style MMU prefill) unless told otherwise.
+    once = getattr(args, "sampler_cache", "none") != "none" and "prompt_cache" not in given_sampler_fields(args)
+    sampler = _sampler(args, SamplerSettings, **({"prompt_cache": "once"} if once else {}))
     report, rows = evaluate_qa(
-        items, dataset=args.data, lm=lm, codec=codec, sampler=_text_sampler(args), model_ref=ref,
+        items, dataset=args.data, lm=lm, codec=codec, sampler=sampler, model_ref=ref,
         prediction_field=args.prediction_field,
     )
     for r in rows:
@@ -208,14 +189,14 @@ def _t2i(args) -> int:
 
     if (args.images is None) == (args.checkpoint is None):
         raise MMaDAError("give exactly one of --images (score existing images) or --checkpoint (generate)")
-    sampler = _image_sampler(args)
+    sampler = _sampler(args, ImageSamplerSettings)
+    source = "predictions_file" if args.images else "model"
     if args.images:
         recs = load_records(args.images, n=args.n)
         images = [r["image"] for r in recs]
         if any(not hasattr(im, "size") for im in images):
             raise MMaDAError(f"{args.images}: every row needs an 'image' (a file path relative to the JSONL)")
         ref = _load_lm(args)[1]
-        sampler = sampler.model_copy(update={"source": "predictions_file"})
         dataset = args.images
     else:
         recs = load_records(args.data, n=args.n, seed=args.data_seed)
@@ -226,7 +207,8 @@ def _t2i(args) -> int:
     if args.checker == "shapes":
         specs = [r.get("metadata") if isinstance(r.get("metadata"), dict) and "objects" in r["metadata"] else r["caption"]
                  for r in recs]
-        report, rows, grid = evaluate_t2i_shapes(images, specs, dataset=dataset, sampler=sampler, model_ref=ref,
+        report, rows, grid = evaluate_t2i_shapes(images, specs, dataset=dataset, sampler=sampler, source=source,
+                                                 model_ref=ref,
                                                  ids=[r.get("id", i) for i, r in enumerate(recs)],
                                                  captions=[r.get("caption") for r in recs])
         return _finish(args, report, rows=rows, images={"generated_grid": grid})
@@ -237,7 +219,7 @@ def _t2i(args) -> int:
         if not args.clip_model:
             raise MMaDAError("--checker clip needs --clip-model PATH (a local CLIPModel directory)")
         report = evaluate_clip(images, [r["caption"] for r in recs], args.clip_model, dataset=dataset,
-                               sampler=sampler, model_ref=ref)
+                               sampler=sampler, source=source, model_ref=ref)
         return _finish(args, report, images={"generated_grid": grid})
     from mmada.eval.classifier import get_digits_classifier, get_fashion_classifier
 
@@ -253,7 +235,7 @@ def _t2i(args) -> int:
         if label is None:
             raise MMaDAError(f"row {i} has no 'label' (the prompted class) for --checker {args.checker}")
         labels.append(label)
-    report = evaluate_class(images, labels, bundle, dataset=dataset, sampler=sampler, model_ref=ref)
+    report = evaluate_class(images, labels, bundle, dataset=dataset, sampler=sampler, source=source, model_ref=ref)
     return _finish(args, report, images={"generated_grid": grid})
 
 

@@ -29,10 +29,9 @@ import torch
 from mmada.models.modeling import KVCache
 
 CacheMode = Literal["none", "prefix", "dual"]
+# Every image slot can change at every MaskGIT step, so images have no dual cache.
+ImageCacheMode = Literal["none", "prefix"]
 PromptCache = Literal["per_block", "once"]
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
-IMAGE_CACHE_MODES: tuple[str, ...] = ("none", "prefix")
-PROMPT_CACHE_MODES: tuple[str, ...] = ("per_block", "once")
 
 
 @dataclass

@@ -38,21 +38,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 
-from mmada.diffusion.cache import (
-    CACHE_MODES,
-    IMAGE_CACHE_MODES,
-    PROMPT_CACHE_MODES,
-    BlockLogits,
-    CacheMode,
-    ImageLogits,
-    PromptCache,
-)
+from mmada.diffusion.cache import BlockLogits, ImageLogits
 from mmada.diffusion.masking import get_schedule
 from mmada.diffusion.parallel import confident_counts, num_transfer_tokens
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import SamplerError
 
 StepCallback = Callable[[dict], None]
@@ -73,18 +65,10 @@ def add_gumbel_noise(
     return logits.exp() / (-torch.log(u)) ** temperature
 
 
-def _check_text_args(prompt_ids, steps, gen_length, block_length, mask_id, remasking, attention_mask):
+def _check_prompt(prompt_ids: torch.Tensor, mask_id: int, attention_mask: torch.Tensor | None) -> None:
+    """The tensors' side of the contract (the settings validate themselves)."""
     if prompt_ids.dim() != 2:
         raise SamplerError(f"prompt_ids must be (batch, prompt_len), got shape {tuple(prompt_ids.shape)}")
-    if gen_length <= 0 or block_length <= 0 or steps <= 0:
-        raise SamplerError(f"gen_length={gen_length}, block_length={block_length}, steps={steps} must be positive")
-    if gen_length % block_length:
-        raise SamplerError(f"gen_length={gen_length} is not divisible by block_length={block_length}")
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise SamplerError(f"steps={steps} is not divisible by the number of blocks gen_length/block_length={num_blocks}")
-    if remasking not in ("low_confidence", "random"):
-        raise SamplerError(f"remasking={remasking!r}; expected 'low_confidence' or 'random'")
     real = prompt_ids == mask_id
     if attention_mask is not None:
         if attention_mask.shape != prompt_ids.shape:
@@ -95,27 +79,11 @@ def _check_text_args(prompt_ids, steps, gen_length, block_length, mask_id, remas
     if bool(real.any()):
         rows = sorted({int(r) for r in real.nonzero()[:, 0]})
         raise SamplerError(f"prompt rows {rows} contain the mask token id {mask_id}; remove it from the prompt")
-    return num_blocks
 
 
-def _check_fast_args(cache, threshold, factor, remasking, prompt_cache, stop_at_eos) -> None:
-    if cache not in CACHE_MODES:
-        raise SamplerError(f"cache={cache!r}; expected one of {CACHE_MODES}")
-    if prompt_cache not in PROMPT_CACHE_MODES:
-        raise SamplerError(f"prompt_cache={prompt_cache!r}; expected one of {PROMPT_CACHE_MODES}")
-    if prompt_cache == "once" and cache == "none":
-        raise SamplerError("prompt_cache='once' needs cache='prefix' or 'dual'")
-    if threshold is not None and factor is not None:
-        raise SamplerError(f"threshold={threshold} and factor={factor}: choose one parallel-decoding rule")
-    if threshold is not None and not (isinstance(threshold, int | float) and threshold > 0):
-        raise SamplerError(f"threshold={threshold!r} must be a positive number (a confidence, e.g. 0.9)")
-    if factor is not None and not (isinstance(factor, int | float) and factor > 0):
-        raise SamplerError(f"factor={factor!r} must be a positive number (e.g. 1.0)")
-    if (threshold is not None or factor is not None) and remasking != "low_confidence":
-        raise SamplerError(f"threshold/factor decoding ranks by model confidence; remasking={remasking!r} "
-                           "must be 'low_confidence'")
-    if not isinstance(stop_at_eos, bool):
-        raise SamplerError(f"stop_at_eos={stop_at_eos!r} must be True or False")
+def _check_settings(settings, kind: type) -> None:
+    if not isinstance(settings, kind):
+        raise SamplerError(f"settings must be a {kind.__name__} (mmada.diffusion.settings), got {type(settings).__name__}")
 
 
 def _eos_id(model, eos_id: int | None) -> int:
@@ -142,40 +110,34 @@ def _mask_id(model, mask_id: int | None) -> int:
 def generate_text(
     model,
     prompt_ids: torch.Tensor,
+    settings: SamplerSettings,
     *,
-    steps: int,
-    gen_length: int,
-    block_length: int,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
     mask_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     on_step: StepCallback | None = None,
-    cache: CacheMode = "none",
-    threshold: float | None = None,
-    factor: float | None = None,
-    stop_at_eos: bool = False,
     eos_id: int | None = None,
-    prompt_cache: PromptCache = "per_block",
 ) -> torch.Tensor:
-    """Generate ``gen_length`` tokens after ``prompt_ids`` (B, P); returns (B, P + gen_length).
+    """Generate ``settings.gen_length`` tokens after ``prompt_ids`` (B, P); returns (B, P + gen_length).
 
     Batches are left-padded: pass the (B, P) ``attention_mask`` (False on padding). ``on_step``
     receives ``{"block", "step", "x", "transfer", "forwards", "tokens"}`` after every step (x is a
-    copy; forwards/tokens count the model work so far).
+    copy; forwards/tokens count the model work so far). ``eos_id`` (default
+    ``model.config.eos_token_id``) is the EOS of ``settings.stop_at_eos``.
 
-    Fast sampling (module docstring): ``cache`` ``"none"|"prefix"|"dual"``, ``prompt_cache``
-    ``"per_block"|"once"``, ``threshold`` or ``factor`` for parallel decoding, ``stop_at_eos`` with
-    ``eos_id`` (default ``model.config.eos_token_id``). Defaults give the plain sampler.
+    Fast sampling (module docstring) is selected by the settings: ``cache``, ``prompt_cache``,
+    ``threshold`` or ``factor``, ``stop_at_eos``. Their defaults give the plain sampler.
     """
+    _check_settings(settings, SamplerSettings)
     mask_id = _mask_id(model, mask_id)
-    num_blocks = _check_text_args(prompt_ids, steps, gen_length, block_length, mask_id, remasking, attention_mask)
-    _check_fast_args(cache, threshold, factor, remasking, prompt_cache, stop_at_eos)
+    _check_prompt(prompt_ids, mask_id, attention_mask)
+    s = settings
+    gen_length, block_length, threshold, factor = s.gen_length, s.block_length, s.threshold, s.factor
+    stop_at_eos, remasking, cfg_scale, temperature = s.stop_at_eos, s.remasking, s.cfg_scale, s.temperature
+    num_blocks = gen_length // block_length
     eos = _eos_id(model, eos_id) if stop_at_eos else None
     dynamic = threshold is not None or factor is not None
-    steps_per_block = steps // num_blocks
+    steps_per_block = s.steps // num_blocks
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=dev)
@@ -187,7 +149,7 @@ def generate_text(
     prompt_index[:, :P] = True
     if cfg_scale > 0 and attn is not None:
         attn = attn.repeat(2, 1)  # cond rows, then unconditional rows
-    block_logits = BlockLogits(model, cache, attn, P, prompt_cache)
+    block_logits = BlockLogits(model, s.cache, attn, P, s.prompt_cache)
     for b in range(num_blocks):
         s, e = P + b * block_length, P + (b + 1) * block_length
         k_per_step = num_transfer_tokens(x[:, s:e] == mask_id, steps_per_block)  # (B, steps_per_block)
@@ -238,6 +200,7 @@ def generate_text(
 def generate_image(
     model,
     input_ids: torch.Tensor,
+    settings: ImageSamplerSettings,
     *,
     codebook_size: int,
     image_offset: int,
@@ -245,34 +208,23 @@ def generate_image(
     attention_mask: torch.Tensor | None = None,
     uncond_input_ids: torch.Tensor | None = None,
     uncond_attention_mask: torch.Tensor | None = None,
-    steps: int = 12,
-    guidance_scale: float = 0.0,
-    temperature: float = 1.0,
-    schedule: str = "cosine",
-    temperature_decay: str = "cumulative",
     mask_id: int | None = None,
     generator: torch.Generator | None = None,
     on_step: StepCallback | None = None,
-    cache: Literal["none", "prefix"] = "none",
 ) -> torch.Tensor:
     """MaskGIT decoding of the image slots of t2i rows; returns image codes (B, N) in [0, codebook_size).
 
     ``input_ids`` (B, L) are t2i rows (``SequenceBuilder.t2i``) whose ``N`` image slots, at
     ``[-(N+1):-1]`` before ``<|eoi|>``, are masked (or partly given, for inpainting). With
-    ``guidance_scale > 0``, ``uncond_input_ids`` are the same layout with an empty caption; their
-    text part is combined with the current image slots at every step (cond and uncond rows go
-    through the model as one batch). ``cache="prefix"`` encodes the text prompts once and reuses
-    their K/V for every step (approximate: the prompt's K/V then do not see the image evolve).
+    ``settings.guidance_scale > 0``, ``uncond_input_ids`` are the same layout with an empty caption;
+    their text part is combined with the current image slots at every step (cond and uncond rows go
+    through the model as one batch). ``settings.cache="prefix"`` encodes the text prompts once and
+    reuses their K/V for every step (approximate: the prompt's K/V then do not see the image evolve).
     """
+    _check_settings(settings, ImageSamplerSettings)
+    steps, guidance_scale, temperature = settings.steps, settings.guidance_scale, settings.temperature
     mask_id = _mask_id(model, mask_id)
     N = int(num_image_tokens or model.config.num_vq_tokens)
-    if steps <= 0:
-        raise SamplerError(f"steps={steps} must be positive")
-    if cache not in IMAGE_CACHE_MODES:
-        raise SamplerError(f"cache={cache!r} for images; expected one of {IMAGE_CACHE_MODES} "
-                           "(every image slot can change at every MaskGIT step, so there is no dual cache)")
-    if temperature_decay not in ("cumulative", "linear"):
-        raise SamplerError(f"temperature_decay={temperature_decay!r}; expected 'cumulative' or 'linear'")
     if input_ids.dim() != 2 or input_ids.shape[1] < N + 1:
         raise SamplerError(f"input_ids shape {tuple(input_ids.shape)} cannot hold {N} image tokens + <|eoi|>")
     if guidance_scale > 0 and uncond_input_ids is None:
@@ -281,7 +233,8 @@ def generate_image(
         raise SamplerError(
             f"uncond_input_ids shape {tuple(uncond_input_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
         )
-    gamma = get_schedule(schedule)
+    cumulative = settings.temperature_decay == "cumulative"
+    gamma = get_schedule(settings.schedule)
     x = input_ids.clone()
     B = x.shape[0]
     img = slice(x.shape[1] - N - 1, x.shape[1] - 1)
@@ -296,7 +249,7 @@ def generate_image(
         ones = torch.ones_like(x, dtype=torch.bool)
         am = torch.cat([ones if attention_mask is None else attention_mask.bool(),
                         ones if uncond_attention_mask is None else uncond_attention_mask.bool()])
-    image_logits = ImageLogits(model, cache, am, N, image_offset, codebook_size)
+    image_logits = ImageLogits(model, settings.cache, am, N, image_offset, codebook_size)
     for step in range(steps):
         if guidance_scale > 0:
             un = uncond_input_ids.clone()
@@ -317,8 +270,8 @@ def generate_image(
         # Re-mask at least one and at most (#unknown − 1) tokens: the next step always has work.
         mask_len = torch.floor(N * mask_ratio).to(x.device)[None, None].expand(B, 1)
         mask_len = torch.maximum(torch.ones_like(mask_len), torch.minimum(unknown.sum(-1, keepdim=True) - 1, mask_len))
-        temperature = temperature * (1 - ratio) if temperature_decay == "cumulative" else temperature
-        temp_now = temperature if temperature_decay == "cumulative" else temperature * (1 - ratio)
+        temperature = temperature * (1 - ratio) if cumulative else temperature
+        temp_now = temperature if cumulative else temperature * (1 - ratio)
         u = torch.rand(conf.shape, generator=generator, device=conf.device)
         noisy_conf = _safe_log(conf) + temp_now * -_safe_log(-_safe_log(u))  # log p + τ·Gumbel
         cutoff = torch.gather(noisy_conf.sort(dim=-1).values, 1, mask_len.long())

@@ -1,17 +1,18 @@
-"""Typed sampler settings: one object that configs take, samplers run with, and reports record.
+"""Typed sampler settings: the one object that configs hold, samplers run with and reports record.
 
-UniGRPO rollouts, evaluation runs and the CLI all describe "how was this sampled" with the same
-fields, so a number in a report can be traced to its decoding settings (cache mode, block size,
-threshold…). Field names equal the keyword arguments of ``mmada.inference.generate_answers`` /
-``generate_image_codes``, and ``sampler_kwargs()`` gives those of ``generate_text`` /
-``generate_image``::
+Every path that samples — ``mmada generate`` / ``mmada t2i``, UniGRPO rollouts (``grpo.sampler``,
+``grpo.image_sampler``), periodic training samples (``samples.sampler``), evaluation
+(``evaluate.sampler`` in params.yaml, ``mmada eval`` flags) — builds one of these and hands it to
+the sampler unchanged, so every option (cache, threshold, factor, stop_at_eos, prompt cache …)
+reaches every path, and a report records the settings whole::
 
     s = SamplerSettings(gen_length=256, block_length=32, steps=256, cache="prefix", threshold=0.9)
-    answers = generate_answers(lm, prompts, **s.model_dump())
-    ids = generate_text(model, prompt, mask_id=..., generator=s.generator(), **s.sampler_kwargs())
+    ids = generate_text(model, prompt_ids, s, generator=s.generator())
+    answers = generate_answers(lm, prompts, s)
     mlflow.log_params(s.record())          # {"sampler.cache": "prefix", "sampler.threshold": 0.9, …}
 
-``SamplerSettings.make(**kw)`` turns validation failures into ``SamplerError`` (CLI: ``error: …``).
+The rules between fields are checked here, once; ``SamplerSettings.make(**kw)`` turns validation
+failures into a :class:`~mmada.errors.SamplerError` naming the field (CLI: ``error: …``, status 2).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from mmada.config import validate
+from mmada.config import Strict, validate
+from mmada.diffusion.cache import CacheMode, ImageCacheMode, PromptCache
 from mmada.diffusion.masking import get_schedule
 from mmada.errors import MMaDAError, SamplerError
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Settings(Strict):
+    # attribute docstrings become field descriptions: the CLI's --help and the Prefect forms show them
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     @classmethod
     def make(cls, **kwargs):
@@ -37,10 +40,6 @@ class _Settings(BaseModel):
     def generator(self, device: str | torch.device = "cpu") -> torch.Generator:
         """A torch generator seeded with ``seed``."""
         return torch.Generator(device=device).manual_seed(self.seed)
-
-    def sampler_kwargs(self) -> dict:
-        """Keyword arguments of the sampler function (everything but ``seed``)."""
-        return self.model_dump(exclude={"seed"})
 
     def record(self, prefix: str = "sampler.") -> dict[str, str | int | float | bool | None]:
         """Flat ``{prefix + field: value}`` for MLflow params / report headers."""
@@ -61,9 +60,10 @@ class SamplerSettings(_Settings):
     cfg_scale: float = Field(0.0, ge=0)
     """Classifier-free guidance (prompt masked for the unconditional pass)."""
     remasking: Literal["low_confidence", "random"] = "low_confidence"
-    cache: Literal["none", "prefix", "dual"] = "none"
+    """Which masked tokens a step commits: the most confident ones, or random ones."""
+    cache: CacheMode = "none"
     """Fast-dLLM block-wise KV cache."""
-    prompt_cache: Literal["per_block", "once"] = "per_block"
+    prompt_cache: PromptCache = "per_block"
     """``once``: the prompt's K/V (e.g. the MMU image prefix) are never refreshed."""
     threshold: float | None = Field(None, gt=0)
     """Confidence-threshold parallel decoding (Fast-dLLM: 0.9); None = fixed tokens per step."""
@@ -72,6 +72,7 @@ class SamplerSettings(_Settings):
     stop_at_eos: bool = False
     """Finish a row once a block ends with EOS (rest filled with EOS); stop when all rows are done."""
     seed: int = 0
+    """Seed of :meth:`generator` (the CLI, evaluation); rollouts draw from the run's own generator."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplerSettings:
@@ -108,14 +109,19 @@ class ImageSamplerSettings(_Settings):
     """Text-to-image MaskGIT decoding (``generate_image``). Defaults = the plain MaskGIT loop."""
 
     steps: int = Field(12, gt=0)
+    """MaskGIT steps (every image slot is predicted at every step)."""
     guidance_scale: float = Field(0.0, ge=0)
     """MUSE-style CFG ``(1 + w)·cond − w·uncond``; cond and uncond run as one batch."""
     temperature: float = Field(1.0, ge=0)
+    """Scale of the Gumbel noise on the confidences that decide which slots are re-masked."""
     schedule: str = "cosine"
+    """Mask schedule γ(t): cosine | linear | sigmoid | pow<k>."""
     temperature_decay: Literal["cumulative", "linear"] = "cumulative"
-    cache: Literal["none", "prefix"] = "none"
+    """``cumulative``: τ·Π(1 − step/T), the reference's compounding decay; ``linear``: τ·(1 − step/T)."""
+    cache: ImageCacheMode = "none"
     """``prefix``: the text prompt's K/V are computed once and reused for every step."""
     seed: int = 0
+    """Seed of :meth:`generator` (the CLI, evaluation); rollouts draw from the run's own generator."""
 
     @field_validator("schedule")
     @classmethod

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from mmada.diffusion.sampling import generate_text
+from mmada.diffusion.settings import SamplerSettings
 from mmada.errors import MMaDAError
 
 
@@ -152,8 +154,6 @@ def greedy_matches(
     ``generate_text`` with ``steps = gen_length = block_length = len(answer)`` at temperature 0;
     lm-eval's ``is_greedy``. Requests are batched by answer length.
     """
-    from mmada.diffusion import generate_text
-
     mask_id = int(model.config.mask_token_id if mask_id is None else mask_id)
     pad_id = int(getattr(model.config, "pad_token_id", None) or 0) if pad_id is None else int(pad_id)
     dev = next(model.parameters()).device
@@ -172,10 +172,8 @@ def greedy_matches(
                 if n:
                     ids[j, P - n :] = torch.tensor(list(prompts[i]), dtype=torch.long)
                     attn[j, P - n :] = True
-            gen = generate_text(
-                model, ids.to(dev), steps=T, gen_length=T, block_length=T, temperature=0.0,
-                remasking="low_confidence", mask_id=mask_id, attention_mask=attn.to(dev),
-            )[:, P:].cpu()
+            greedy = SamplerSettings(steps=T, gen_length=T, block_length=T)  # one token per step, temperature 0
+            gen = generate_text(model, ids.to(dev), greedy, mask_id=mask_id, attention_mask=attn.to(dev))[:, P:].cpu()
             for j, i in enumerate(group):
                 out[i] = gen[j].tolist() == list(answers[i])
     return out

@@ -2,9 +2,10 @@
 
 Protocol mismatches are the most common reason reproduced numbers disagree, so an
 :class:`EvalReport` cannot be built without its protocol, dataset, sample count, few-shot count,
-model reference and sampler settings (fields that do not apply, or are unknown because the
-predictions came from a file, are written as ``null`` — never left out). It prints as a table,
-saves as JSON (atomically; DVC reads ``metrics`` from it), and logs to MLflow with its images.
+model reference and where the outputs came from; it carries the sampler settings
+(:mod:`mmada.diffusion.settings`) exactly as the outputs were generated with (``null`` when nothing
+was generated). It prints as a table, saves as JSON (DVC reads ``metrics`` from it), and logs to
+MLflow with its images.
 
     report = EvalReport(suite="math", protocol="gsm8k_flexible", dataset="builtin:arithmetic", n=200,
                         model=ModelRef.from_path("runs/ckpt"), sampler=SamplerSettings(steps=64, …),
@@ -28,36 +29,15 @@ from PIL import Image
 from pydantic import Field
 
 from mmada.config import Strict
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.files import save_png, write_json
 
 FULL_HASH_LIMIT = 2 * 1024**3  # hash weight contents up to 2 GiB; larger → header/size fingerprint
 
 
-class SamplerSettings(Strict):
-    """Decoding settings behind the evaluated outputs (None = not applicable / unknown)."""
-
-
-    source: Literal["model", "predictions_file", "ground_truth"] = "model"
-    """``model``: generated in this run; ``predictions_file``: scored from a file (settings as stated)."""
-    steps: int | None = None
-    gen_length: int | None = None
-    block_length: int | None = None
-    temperature: float | None = None
-    cfg_scale: float | None = None
-    remasking: str | None = None
-    guidance_scale: float | None = None
-    """Image (MaskGIT) guidance; text CFG is ``cfg_scale``."""
-    cache: str | None = None
-    """KV-cache mode of accelerated samplers (e.g. Fast-dLLM ``prefix``/``dual``); None = no cache."""
-    threshold: float | None = None
-    """Confidence threshold of parallel decoding; None = fixed tokens per step."""
-    mc_num: int | None = None
-    """Monte-Carlo samples of the ELBO (likelihood tasks)."""
-    seed: int | None = None
-
-
 class ModelRef(Strict):
+    """Which model produced the outputs."""
 
     path: str | None = None
     version: str | None = None
@@ -96,7 +76,6 @@ def weights_fingerprint(path: str | os.PathLike) -> str | None:
 class EvalReport(Strict):
     """One evaluation result with everything needed to interpret and reproduce it."""
 
-
     suite: str
     """What was evaluated: ``math``, ``mmu``, ``pope``, ``t2i_shapes``, ``t2i_class``, ``clip``, …"""
     protocol: str
@@ -105,7 +84,12 @@ class EvalReport(Strict):
     n: int = Field(ge=0)
     num_fewshot: int = Field(default=0, ge=0)
     model: ModelRef
-    sampler: SamplerSettings
+    source: Literal["model", "predictions_file", "ground_truth"] = "model"
+    """``model``: generated in this run; ``predictions_file``: scored from given outputs; ``ground_truth``:
+    no generation at all (e.g. tokenizer reconstructions)."""
+    sampler: SamplerSettings | ImageSamplerSettings | None = None
+    """The sampler settings the outputs were generated with, whole (for a predictions file: as stated by
+    the user; None: not applicable or unknown)."""
     metrics: dict[str, float]
     details: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
@@ -113,19 +97,22 @@ class EvalReport(Strict):
 
     def table(self) -> str:
         """A two-column text table: the settings, then the metrics."""
-        s = self.sampler
         rows: list[tuple[str, str]] = [
             ("suite", self.suite), ("protocol", self.protocol), ("dataset", self.dataset), ("n", str(self.n)),
             ("few-shot", str(self.num_fewshot)), ("model", str(self.model.path)), ("version", str(self.model.version)),
-            ("outputs from", s.source),
+            ("outputs from", self.source),
         ]
-        rows += [(f"sampler.{k}", _fmt(v)) for k, v in s.model_dump().items() if k != "source"]
+        rows += [(k, _fmt(v)) for k, v in self.sampler_record().items()]
         rows.append(("", ""))
         rows += [(k, _fmt(v)) for k, v in self.metrics.items()]
         w = max(len(k) for k, _ in rows)
         line = "-" * (w + 3 + max(len(v) for _, v in rows))
         body = "\n".join(f"{k:<{w}} | {v}" if k else line for k, v in rows)
         return f"{line}\n{body}\n{line}"
+
+    def sampler_record(self) -> dict[str, Any]:
+        """``{"sampler.steps": 64, …}`` (``{"sampler": None}`` when there are no settings)."""
+        return self.sampler.record() if self.sampler is not None else {"sampler": None}
 
     def write_json(self, path: str | os.PathLike) -> Path:
         return write_json(path, self.model_dump(mode="json"))
@@ -219,7 +206,8 @@ def log_report(
         params = {
             "suite": report.suite, "protocol": report.protocol, "dataset": report.dataset, "n": report.n,
             "num_fewshot": report.num_fewshot, "model.path": report.model.path, "model.version": report.model.version,
-        } | {f"sampler.{k}": v for k, v in report.sampler.model_dump().items()}
+            "source": report.source,
+        } | report.sampler_record()
         ts = int(_dt.datetime.now().timestamp() * 1000)
         client.log_batch(
             rid,

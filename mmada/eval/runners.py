@@ -30,11 +30,14 @@ import torch
 from PIL import Image
 
 from mmada.builtin.shapes import palette_codes, palette_image
+from mmada.diffusion import generate_text
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.answers import PROTOCOLS, default_match, math_accuracy
 from mmada.eval.mmu import pope_evaluate, qa_accuracy
-from mmada.eval.report import EvalReport, ModelRef, SamplerSettings, flatten_metrics, image_grid
+from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, image_grid
 from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
+from mmada.inference import generate_answers, generate_image_codes
 
 GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")  # lm-eval gsm8k ``until``
 
@@ -150,6 +153,12 @@ def fewshot_prefix(examples: Sequence[Mapping], question_field: str, answer_fiel
     )
 
 
+def _batch_seed(settings, start: int):
+    """The settings of the batch that starts at item ``start``: each batch draws from ``seed + start``,
+    so a result does not depend on which other items shared its batch's random stream."""
+    return settings.model_copy(update={"seed": settings.seed + start})
+
+
 def evaluate_math(
     records: Sequence[Mapping],
     *,
@@ -189,25 +198,15 @@ def evaluate_math(
     recs = [dict(r) for r in records]
     if lm is not None:
         from mmada.eval.harness import apply_stops
-        from mmada.inference import generate_answers
 
-        s = sampler or SamplerSettings(steps=64, gen_length=64, block_length=32, temperature=0.0, cfg_scale=0.0,
-                                       remasking="low_confidence", seed=0)
+        sampler = sampler or SamplerSettings()
         prefix = fewshot_prefix(fewshot_records[:num_fewshot], question_field, answer_field)
         for i in range(0, len(recs), batch_size):
             chunk = recs[i : i + batch_size]
             prompts = [prefix + prompt_template.replace("{question}", str(r[question_field])) for r in chunk]
-            outs = generate_answers(
-                lm, prompts, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
-                temperature=s.temperature or 0.0, cfg_scale=s.cfg_scale or 0.0,
-                remasking=s.remasking or "low_confidence", chat=chat, think=think, seed=(s.seed or 0) + i,
-                cache=s.cache or "none", threshold=s.threshold,
-            )
+            outs = generate_answers(lm, prompts, _batch_seed(sampler, i), chat=chat, think=think)
             for r, o in zip(chunk, outs, strict=True):
                 r[response_field] = apply_stops(o, GSM8K_STOPS)
-        sampler = s.model_copy(update={"source": "model"})
-    else:
-        sampler = (sampler or SamplerSettings()).model_copy(update={"source": "predictions_file"})
     match = match or default_match(protocol)
     metrics, rows = math_accuracy(
         recs, protocol, response_field=response_field, answer_field=answer_field, match=match
@@ -223,8 +222,8 @@ def evaluate_math(
     out |= {f"accuracy/difficulty_{k}": sum(v) / len(v) for k, v in sorted(levels.items())}
     report = EvalReport(
         suite="math", protocol=protocol, dataset=dataset, n=metrics["n"], num_fewshot=num_fewshot,
-        model=model_ref or ModelRef(), sampler=sampler, metrics=out,
-        details={"match": match, "chat": chat if lm is not None else None,
+        model=model_ref or ModelRef(), source="model" if lm is not None else "predictions_file", sampler=sampler,
+        metrics=out, details={"match": match, "chat": chat if lm is not None else None,
                  "think": think if lm is not None else None, "prompt_template": prompt_template,
                  "n_per_difficulty": {str(k): len(v) for k, v in sorted(levels.items())}},
     )
@@ -298,21 +297,14 @@ def shapes_vqa_items(records: Sequence[Mapping]) -> list[dict]:
 def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions: Sequence[str],
                 sampler: SamplerSettings, *, batch_size: int = 8) -> list[str]:
     """Answer questions about images with the model: image codes → ``<|mmu|>`` prefix → block sampler."""
-    from mmada.diffusion import generate_text
-
     out: list[str] = []
     sp = lm.builder.special
     for i in range(0, len(images), batch_size):
         codes = codec.encode(images[i : i + batch_size])
         batch = lm.builder.mmu(codes, list(questions[i : i + batch_size])).to(lm.device)
-        gen = torch.Generator(device=lm.device).manual_seed((sampler.seed or 0) + i)
         ids = generate_text(
-            lm.model, batch.input_ids, attention_mask=batch.attention_mask, steps=sampler.steps,
-            gen_length=sampler.gen_length, block_length=sampler.block_length, temperature=sampler.temperature or 0.0,
-            cfg_scale=sampler.cfg_scale or 0.0, remasking=sampler.remasking or "low_confidence", mask_id=sp.mask,
-            generator=gen, cache=sampler.cache or "none", threshold=sampler.threshold,
-            # the image prefix is encoded once when a cache is on (Fast-dLLM-style MMU prefill)
-            prompt_cache="once" if sampler.cache not in (None, "none") else "per_block",
+            lm.model, batch.input_ids, sampler, attention_mask=batch.attention_mask, mask_id=sp.mask,
+            eos_id=sp.eos, generator=_batch_seed(sampler, i).generator(lm.device),
         )[:, batch.input_ids.shape[1] :]
         for row in ids.tolist():
             for stop in (sp.eos, sp.eot):
@@ -333,10 +325,8 @@ def evaluate_qa(
     if lm is not None:
         if codec is None:
             raise MMaDAError("evaluating MMU with a model needs an image tokenizer (codec)")
-        sampler = sampler or SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=0.0, cfg_scale=0.0,
-                                             remasking="low_confidence", seed=0)
+        sampler = sampler or SamplerSettings(steps=8, gen_length=8, block_length=8)
         preds = mmu_answers(lm, codec, [it["image"] for it in items], [it["question"] for it in items], sampler)
-        sampler = sampler.model_copy(update={"source": "model"})
     else:
         if predictions is None:
             missing = [i for i, it in enumerate(items) if prediction_field not in it]
@@ -344,13 +334,12 @@ def evaluate_qa(
                 raise MMaDAError(f"QA item {missing[0]} has no {prediction_field!r} field and no model was given")
             predictions = [it[prediction_field] for it in items]
         preds = list(predictions)
-        sampler = (sampler or SamplerSettings()).model_copy(update={"source": "predictions_file"})
     m = qa_accuracy(preds, [it["answer"] for it in items])
     rows = [{"id": it.get("id", i), "question": it["question"], "answer": it["answer"], "prediction": p}
             for i, (it, p) in enumerate(zip(items, preds, strict=True))]
     report = EvalReport(
         suite="mmu", protocol="normalized_exact_match", dataset=dataset, n=m["n"], model=model_ref or ModelRef(),
-        sampler=sampler, metrics={"exact_match": m["exact_match"], "contains_match": m["contains_match"]},
+        source="model" if lm is not None else "predictions_file", sampler=sampler, metrics={"exact_match": m["exact_match"], "contains_match": m["contains_match"]},
         details={"image_tokenizer": getattr(codec, "name", None)},
     )
     return report, rows
@@ -365,7 +354,7 @@ def evaluate_pope(questions: Sequence[Mapping], answers: Sequence[Mapping] | Non
                                           for c, v in res["splits"].items()}})
     return EvalReport(
         suite="pope", protocol="pope_llava", dataset=dataset, n=res["overall"]["n"], model=model_ref or ModelRef(),
-        sampler=(sampler or SamplerSettings()).model_copy(update={"source": "predictions_file"}), metrics=metrics,
+        source="predictions_file", sampler=sampler, metrics=metrics,
         details={"confusion": {k: res["overall"][k] for k in ("tp", "fp", "tn", "fn")}},
     )
 
@@ -374,25 +363,19 @@ def evaluate_pope(questions: Sequence[Mapping], answers: Sequence[Mapping] | Non
 # generation
 
 
-def generate_images(lm, codec: ImageCodec, captions: Sequence[str], sampler: SamplerSettings,
+def generate_images(lm, codec: ImageCodec, captions: Sequence[str], sampler: ImageSamplerSettings,
                     *, batch_size: int = 8) -> list[Image.Image]:
     """Captions → images: MaskGIT decoding of image tokens (``generate_image_codes``) → codec decode."""
-    from mmada.inference import generate_image_codes
-
     out: list[Image.Image] = []
     for i in range(0, len(captions), batch_size):
-        codes = generate_image_codes(
-            lm, list(captions[i : i + batch_size]), steps=sampler.steps or 12,
-            guidance_scale=sampler.guidance_scale or 0.0,
-            temperature=1.0 if sampler.temperature is None else sampler.temperature, seed=(sampler.seed or 0) + i,
-        )
+        codes = generate_image_codes(lm, list(captions[i : i + batch_size]), _batch_seed(sampler, i))
         out.extend(codec.decode(codes))
     return out
 
 
 def evaluate_t2i_shapes(
-    images: Sequence[Image.Image], specs: Sequence[str | Mapping], *, dataset: str, sampler: SamplerSettings,
-    model_ref: ModelRef | None = None, grid_size: int = 32, ids: Sequence | None = None,
+    images: Sequence[Image.Image], specs: Sequence[str | Mapping], *, dataset: str,
+    sampler: ImageSamplerSettings | None, source: str = "model", model_ref: ModelRef | None = None, grid_size: int = 32, ids: Sequence | None = None,
     captions: Sequence[str | None] | None = None,
 ) -> tuple[EvalReport, list[dict], Image.Image]:
     """GenEval-like shapes score; returns the report, per-image rows and a grid of the first images.
@@ -420,21 +403,21 @@ def evaluate_t2i_shapes(
     metrics["mean_criteria_score"] = float(np.mean([r["score"] for r in rows]))
     report = EvalReport(
         suite="t2i_shapes", protocol="geneval_shapes", dataset=dataset, n=len(rows), model=model_ref or ModelRef(),
-        sampler=sampler, metrics=metrics, details={"n_per_task": summary["n"]},
+        source=source, sampler=sampler, metrics=metrics, details={"n_per_task": summary["n"]},
     )
     return report, rows, image_grid(list(images[:grid_size]), ncol=8, scale=2)
 
 
 def evaluate_class(
-    images: Sequence[Image.Image], labels: Sequence, bundle, *, dataset: str, sampler: SamplerSettings,
-    model_ref: ModelRef | None = None,
+    images: Sequence[Image.Image], labels: Sequence, bundle, *, dataset: str, sampler: ImageSamplerSettings | None,
+    source: str = "model", model_ref: ModelRef | None = None,
 ) -> EvalReport:
     from mmada.eval.classifier import class_accuracy
 
     r = class_accuracy(bundle, images, labels)
     return EvalReport(
         suite="t2i_class", protocol=f"classifier:{bundle.meta.get('dataset')}", dataset=dataset, n=r["n"],
-        model=model_ref or ModelRef(), sampler=sampler,
+        model=model_ref or ModelRef(), source=source, sampler=sampler,
         metrics={"accuracy": r["accuracy"], "classifier_held_out_accuracy": r["classifier_held_out_accuracy"]},
         details={"per_class": r["per_class"], "classifier": {k: v for k, v in bundle.meta.items() if k != "classes"}},
     )
@@ -442,14 +425,14 @@ def evaluate_class(
 
 def evaluate_clip(
     images: Sequence[Image.Image], captions: Sequence[str], clip_path: str, *, dataset: str,
-    sampler: SamplerSettings, model_ref: ModelRef | None = None,
+    sampler: ImageSamplerSettings | None, source: str = "model", model_ref: ModelRef | None = None,
 ) -> EvalReport:
     from mmada.eval.clip_score import CLIPScorer
 
     r = CLIPScorer(clip_path).score(images, captions)
     return EvalReport(
         suite="clip", protocol="clip_score_100cos_clip0", dataset=dataset, n=r["n"], model=model_ref or ModelRef(),
-        sampler=sampler, metrics={"clip_score": r["clip_score"], "clip_score_torchmetrics": r["clip_score_torchmetrics"]},
+        source=source, sampler=sampler, metrics={"clip_score": r["clip_score"], "clip_score_torchmetrics": r["clip_score_torchmetrics"]},
         details={"clip_model": r["clip_model"]},
     )
 
@@ -471,7 +454,7 @@ def evaluate_reconstruction(
     pairs = [im for a, b in zip(images[:grid_size], recon[:grid_size], strict=True) for im in (a, b.resize(a.size))]
     report = EvalReport(
         suite="reconstruction", protocol="mse_psnr_uint8", dataset=dataset, n=len(images), model=ModelRef(name=codec.name),
-        sampler=SamplerSettings(source="ground_truth"), metrics={"mse": mean_mse, "psnr": psnr},
+        source="ground_truth", metrics={"mse": mean_mse, "psnr": psnr},
     )
     return report, image_grid(pairs, ncol=8, scale=2)
 

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from mmada.config import Strict, read_yaml, validate
 from mmada.data.specs import CurationSpec
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import ConfigError
 from mmada.files import write_text
 from mmada.pipeline.stages import DATASETS, PARAMS_FILE, TOKENIZER_DIR, VQ_DIR, VQ_OUTPUT_DIR, data_dir
@@ -60,11 +61,12 @@ class EvalParams(Strict):
         "sft", description="sft: also evaluate the @sft model UniGRPO started from (same problems, same sampler), "
         "so the table shows what UniGRPO changed; none: only the evaluated model.")
     data_seed: int = Field(4242, description="Seed of the held-out built-in problems/scenes (training used seeds 0/1).")
-    text_steps: int = Field(32, ge=1, le=1024, description="Text diffusion sampler steps.")
-    gen_length: int = Field(64, ge=8, le=2048, description="Generated answer tokens.")
-    block_length: int = Field(32, ge=1, le=2048, description="Semi-autoregressive block length (divides gen_length).")
-    image_steps: int = Field(12, ge=1, le=256, description="MaskGIT steps for image generation.")
-    guidance_scale: float = Field(2.0, ge=0, le=20, description="Classifier-free guidance of image generation.")
+    sampler: SamplerSettings = Field(
+        default_factory=lambda: SamplerSettings(steps=32, gen_length=64, block_length=32),
+        description="Text sampler of the math and understanding suites (every option of mmada generate).")
+    image_sampler: ImageSamplerSettings = Field(
+        default_factory=lambda: ImageSamplerSettings(steps=12, guidance_scale=2.0),
+        description="MaskGIT sampler of the text-to-image suite.")
     batch_size: int = Field(16, ge=1, le=1024)
 
 

@@ -378,9 +378,21 @@ def _mmada(argv: list[str]) -> str:
     return buf.getvalue()
 
 
+def settings_argv(settings) -> list[str]:
+    """Sampler settings as ``mmada eval`` flags, every field (``--cache prefix --no-stop-at-eos …``)."""
+    argv: list[str] = []
+    for name, value in settings.model_dump().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _eval_suites(p: EvalParams, image_tokenizer: str, recon: bool = True) -> list[tuple[str, list[str]]]:
     """The ``mmada eval`` commands of the stage (without the model/output arguments)."""
-    text = ["--steps", str(p.text_steps), "--gen-length", str(p.gen_length), "--block-length", str(p.block_length)]
+    text = settings_argv(p.sampler)
     math_prompt = ["--prompt-template", "{question}", "--think"] if p.math_prompt == "reasoning" else []
     suites: list[tuple[str, list[str]]] = [
         ("math", ["eval", "math", "--data", "builtin:arithmetic", "--n", str(p.math_n), "--data-seed",
@@ -392,7 +404,7 @@ def _eval_suites(p: EvalParams, image_tokenizer: str, recon: bool = True) -> lis
     if p.t2i_n:
         suites.append(("t2i", ["eval", "t2i", "--checker", "shapes", "--data", "builtin:shapes", "--n",
                                str(p.t2i_n), "--data-seed", str(p.data_seed), "--image-tokenizer", image_tokenizer,
-                               "--steps", str(p.image_steps), "--guidance-scale", str(p.guidance_scale)]))
+                               *settings_argv(p.image_sampler)]))
     if recon and p.recon_n:
         suites.append(("recon", ["eval", "recon", "--data", "builtin:shapes", "--n", str(p.recon_n), "--data-seed",
                                  str(p.data_seed), "--image-tokenizer", image_tokenizer]))
@@ -405,9 +417,6 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
     started from, on the same problems and sampler settings, under ``results["baseline"]``."""
     from mmada.tracking.registry import resolve_model
 
-    if p.gen_length % p.block_length:
-        raise ConfigError(f"evaluate.gen_length ({p.gen_length}) must be a multiple of evaluate.block_length "
-                          f"({p.block_length})")
     ref = T.read_ref(model_ref_path, producer=producer, needed_by="evaluate")
     _check_version(ctx.tracking_uri, ref, model_ref_path, producer)
     models: list[tuple[str, dict[str, Any]]] = [("", ref)]

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, model_validator
 
 from mmada.config import Strict
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.rl.advantages import Advantages, group_advantages
 from mmada.rl.loss import GRPOLossOutput, grpo_loss, per_token_logps
 from mmada.rl.noising import NoisedBatch, d1_mask, unigrpo_mask
@@ -36,7 +37,6 @@ class GRPOConfig(Strict):
     epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip range (lower, and upper unless epsilon_high)")
     epsilon_high: float | None = Field(None, gt=0.0, description="separate upper clip range (DAPO-style)")
     num_iterations: int = Field(1, ge=1, description="policy updates per rollout (μ)")
-    temperature: float = Field(1.0, ge=0.0, description="sampling temperature of the text (and MMU) rollouts")
     reward_funcs: list[str] = Field(
         default_factory=lambda: ["math_correctness", "format"],
         description="registered reward names or 'module:function' paths",
@@ -50,31 +50,19 @@ class GRPOConfig(Strict):
     estimator: Literal["unigrpo", "d1"] = Field("unigrpo", description="log-likelihood estimator")
     mask_ratio_range: tuple[float, float] = Field((0.0, 1.0), description="UniGRPO: per-completion mask ratio range")
     p_mask_prompt: float = Field(0.15, ge=0.0, le=1.0, description="d1: prompt-token mask probability")
-    # sampler settings of the rollouts
-    steps: int = Field(64, ge=1, description="text diffusion steps")
-    gen_length: int = Field(64, ge=1, description="generated text tokens")
-    block_length: int = Field(32, ge=1, description="semi-autoregressive block length")
-    remasking: Literal["low_confidence", "random"] = "low_confidence"
     think: bool = Field(True, description="add the <think> instruction to text prompts")
-    cache: Literal["none", "prefix", "dual"] = Field("none", description="KV cache of the text rollouts")
-    threshold: float | None = Field(None, gt=0.0, description="confidence-threshold parallel decoding (None: off)")
-    t2i_steps: int = Field(12, ge=1, description="MaskGIT steps for t2i rollouts")
-    guidance_scale: float = Field(0.0, ge=0.0, description="CFG scale for t2i rollouts")
-    t2i_temperature: float | None = Field(
-        None, ge=0.0, description="MaskGIT sampling temperature of the t2i rollouts (None: `temperature`); image "
-        "sampling is usually run at 1.0 while a small model's text needs a lower temperature")
-
-    def sampler_kwargs(self) -> dict:
-        """Fast-sampling options for ``generate_text`` (defaults = the plain sampler)."""
-        return {"cache": self.cache, "threshold": self.threshold}
+    sampler: SamplerSettings = Field(
+        default_factory=lambda: SamplerSettings(temperature=1.0),
+        description="sampler of the text (and MMU) rollouts, every option of mmada generate (TRL's "
+        "`temperature` is sampler.temperature)")
+    image_sampler: ImageSamplerSettings = Field(
+        default_factory=ImageSamplerSettings, description="MaskGIT sampler of the t2i rollouts")
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
         lo, hi = self.mask_ratio_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"mask_ratio_range={self.mask_ratio_range} must satisfy 0 <= lo <= hi <= 1")
-        if self.gen_length % self.block_length:
-            raise ValueError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}")
         for name in self.reward_funcs:
             resolve_reward(name)  # unknown names fail at config time, naming the function
         return self

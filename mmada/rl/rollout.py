@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mmada.diffusion.sampling import generate_image, generate_text
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.tokenization import SequenceBuilder
 
 
@@ -56,11 +57,9 @@ def _text_masks(seqs: torch.Tensor, prompt_len: int, eos: int) -> tuple[torch.Te
 @torch.no_grad()
 def rollout_text(
     model, builder: SequenceBuilder, prompts: Sequence, num_generations: int, *, image_codes: torch.Tensor | None = None,
-    think: bool = True, steps: int = 64, gen_length: int = 64, block_length: int = 32, temperature: float = 1.0,
-    remasking: str = "low_confidence", cfg_scale: float = 0.0, generator: torch.Generator | None = None,
-    sampler_kwargs: dict | None = None,
+    settings: SamplerSettings, think: bool = True, generator: torch.Generator | None = None,
 ) -> Rollout:
-    """``num_generations`` sampled answers per prompt (``image_codes`` (P, N) given → MMU)."""
+    """``num_generations`` answers per prompt sampled with ``settings`` (``image_codes`` (P, N) given → MMU)."""
     sp = builder.special
     dev = next(model.parameters()).device
     if image_codes is not None:
@@ -71,13 +70,9 @@ def rollout_text(
         kind = "text"
     rep = lambda t: t.repeat_interleave(num_generations, dim=0).to(dev)  # noqa: E731
     ids, attn = rep(batch.input_ids), rep(batch.attention_mask)
-    seqs = generate_text(
-        model, ids, attention_mask=attn, steps=steps, gen_length=gen_length, block_length=block_length,
-        temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, mask_id=sp.mask, generator=generator,
-        **(sampler_kwargs or {}),
-    )
+    seqs = generate_text(model, ids, settings, attention_mask=attn, mask_id=sp.mask, eos_id=sp.eos, generator=generator)
     P = ids.shape[1]
-    full_attn = torch.cat([attn, torch.ones((len(seqs), gen_length), dtype=torch.bool, device=dev)], 1)
+    full_attn = torch.cat([attn, torch.ones((len(seqs), settings.gen_length), dtype=torch.bool, device=dev)], 1)
     prompt_mask = torch.zeros_like(full_attn)
     prompt_mask[:, :P] = True
     scored, tail = _text_masks(seqs, P, sp.eos)
@@ -89,19 +84,20 @@ def rollout_text(
 @torch.no_grad()
 def rollout_t2i(
     model, builder: SequenceBuilder, captions: Sequence[str], num_generations: int, *,
-    decode: Callable[[torch.Tensor], list] | None, num_image_tokens: int, codebook_size: int, max_text_len: int = 32,
-    steps: int = 12, guidance_scale: float = 0.0, temperature: float = 1.0, generator: torch.Generator | None = None,
+    settings: ImageSamplerSettings, decode: Callable[[torch.Tensor], list] | None, num_image_tokens: int,
+    codebook_size: int, max_text_len: int = 32, generator: torch.Generator | None = None,
 ) -> Rollout:
-    """``num_generations`` images per caption; ``decode(codes (N, n)) -> list of PIL images`` for the rewards."""
+    """``num_generations`` images per caption sampled with ``settings``; ``decode(codes (N, n)) -> list of PIL
+    images`` for the rewards."""
     dev = next(model.parameters()).device
     caps = [c for c in captions for _ in range(num_generations)]
     cond = builder.t2i(caps, num_image_tokens=num_image_tokens, max_text_len=max_text_len).to(dev)
     uncond = builder.t2i([""] * len(caps), num_image_tokens=num_image_tokens, max_text_len=max_text_len).to(dev)
     codes = generate_image(
-        model, cond.input_ids, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
+        model, cond.input_ids, settings, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
         uncond_attention_mask=uncond.attention_mask, codebook_size=codebook_size,
-        image_offset=builder.special.image_offset, num_image_tokens=num_image_tokens, steps=steps,
-        guidance_scale=guidance_scale, temperature=temperature, mask_id=builder.special.mask, generator=generator,
+        image_offset=builder.special.image_offset, num_image_tokens=num_image_tokens, mask_id=builder.special.mask,
+        generator=generator,
     )
     seqs = cond.input_ids.clone()
     seqs[cond.image_mask] = (codes + builder.special.image_offset).reshape(-1)

@@ -28,6 +28,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 
 from mmada.files import write_json
+from mmada.inference import LoadedModel, generate_answers, generate_image_codes
+from mmada.tokenization import SequenceBuilder
 from mmada.tracking.client import Tracker
 
 log = logging.getLogger("mmada.training")
@@ -181,9 +183,6 @@ class SampleCallback(Callback):
 
     @torch.no_grad()
     def generate(self, trainer, pl_module) -> Path | None:
-        from mmada.inference import LoadedModel, generate_answers, generate_image_codes
-        from mmada.tokenization import SequenceBuilder
-
         spec = pl_module.cfg.samples
         self._done_at = trainer.global_step
         if not (spec.prompts or spec.captions) or not self._should_run(trainer):
@@ -195,14 +194,11 @@ class SampleCallback(Callback):
                              SequenceBuilder(self.tokenizer, pl_module.special))
             answers = images = None
             if spec.prompts:
-                answers = generate_answers(lm, spec.prompts, steps=spec.steps, gen_length=spec.gen_length,
-                                           block_length=spec.block_length, think=spec.think,
-                                           seed=pl_module.cfg.seed)
+                answers = generate_answers(lm, spec.prompts, spec.sampler, think=spec.think)
             if spec.captions:
-                codes = generate_image_codes(lm, spec.captions, steps=spec.image_steps,
-                                             guidance_scale=spec.guidance_scale, seed=pl_module.cfg.seed,
-                                             max_text_len=pl_module.cfg.data.streams["t2i"].max_text_len
-                                             if "t2i" in pl_module.cfg.data.streams else 32)
+                streams = pl_module.cfg.data.streams
+                codes = generate_image_codes(lm, spec.captions, spec.image_sampler,
+                                             max_text_len=streams["t2i"].max_text_len if "t2i" in streams else 32)
                 images = self._render(pl_module, codes)
         finally:
             pl_module.train(was_training)

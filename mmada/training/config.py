@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from mmada.config import Strict, apply_overrides, read_yaml, validate
 from mmada.data.streams import DataSpec, Task
+from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.rl.grpo import GRPOConfig
 
 Stage = Literal["pretrain", "sft", "grpo"]
@@ -137,12 +138,11 @@ class SamplesSpec(Strict):
     """0 disables periodic samples (they are still made once at the end if prompts/captions are set)."""
     prompts: list[str] = Field(default_factory=list)
     think: bool = False
-    gen_length: int = Field(32, ge=1)
-    block_length: int = Field(16, ge=1)
-    steps: int = Field(16, ge=1)
+    sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(steps=16, gen_length=32, block_length=16))
+    """How the answers to ``prompts`` are sampled."""
     captions: list[str] = Field(default_factory=list)
-    image_steps: int = Field(8, ge=1)
-    guidance_scale: float = Field(0.0, ge=0)
+    image_sampler: ImageSamplerSettings = Field(default_factory=lambda: ImageSamplerSettings(steps=8))
+    """How the images of ``captions`` are sampled."""
 
 
 class TrackingSpec(Strict):

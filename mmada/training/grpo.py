@@ -215,22 +215,17 @@ class GRPOModule(MMaDAModule):
             t0 = time.perf_counter()
             if task == "t2i":
                 caps = [r["caption"] for r in recs]
-                r = rollout_t2i(view, sb, caps, g.num_generations, decode=self._decode_images,
+                r = rollout_t2i(view, sb, caps, g.num_generations, settings=g.image_sampler, decode=self._decode_images,
                                 num_image_tokens=self.model_config.num_vq_tokens,
                                 codebook_size=self.model_config.codebook_size,
-                                max_text_len=self.cfg.data.streams[task].max_text_len, steps=g.t2i_steps,
-                                guidance_scale=g.guidance_scale,
-                                temperature=g.temperature if g.t2i_temperature is None else g.t2i_temperature,
-                                generator=gen)
+                                max_text_len=self.cfg.data.streams[task].max_text_len, generator=gen)
                 prompts, cols = caps, {"caption": caps, "metadata": [x["metadata"] for x in recs],
                                        "label": [x["label"] for x in recs], "task": [task] * len(recs)}
             else:
                 codes = self._image_codes(recs) if task == "mmu" else None
                 prompts = [x["prompt"] for x in recs]
-                r = rollout_text(view, sb, prompts, g.num_generations, image_codes=codes, think=g.think,
-                                 steps=g.steps, gen_length=g.gen_length, block_length=g.block_length,
-                                 temperature=g.temperature, remasking=g.remasking, generator=gen,
-                                 sampler_kwargs=g.sampler_kwargs())
+                r = rollout_text(view, sb, prompts, g.num_generations, settings=g.sampler, image_codes=codes,
+                                 think=g.think, generator=gen)
                 cols = {"answer": [x["answer"] for x in recs], "task": [task] * len(recs)}
             scored = score_rollout(r, g, prompts, cols)
             its = prepare_iterations(view, self._ref(), r, g, mask_id=self.special.mask, generator=gen)

@@ -20,14 +20,16 @@ Model arguments:
     pretrained      checkpoint directory (config.json + safetensors + tokenizer.json)
     tokenizer       tokenizer dir or "builtin" when the checkpoint has none
     device, dtype   "cpu"/"cuda"/…, "bf16"/"fp32"
-    steps, gen_length, block_length, temperature, cfg_scale, remasking   text sampler (generate_text); every
-                    generation is gen_length tokens (a task's max_gen_toks is not used, as in LLaDA's
-                    harness) cut at the first <eos> and at the task's ``until`` strings
+    steps, gen_length, block_length, temperature, cfg_scale, remasking, cache, prompt_cache, threshold,
+    factor, stop_at_eos, seed
+                    every field of the text sampler (mmada.diffusion.settings.SamplerSettings; defaults
+                    256/256/32 as in LLaDA's harness); every generation is gen_length tokens (a task's
+                    max_gen_toks is not used, as in LLaDA's harness) cut at the first <eos> and at the
+                    task's ``until`` strings; ``seed`` also seeds the ELBO noise
     mc_num, mc_batch_size, ll_cfg_scale      ELBO estimator (128 / 16 / 0 as in LLaDA)
     greedy_check    compute ``is_greedy`` by greedy diffusion decoding of the continuation (default True)
     add_bos         prepend <bos> to every context (default True; the model is trained with it)
     max_length      longest context+continuation in tokens (default: the model's max_sequence_length)
-    seed            seed of the ELBO noise and of sampling
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from mmada.diffusion.sampling import generate_text
+from mmada.diffusion.settings import SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.elbo import elbo_loglikelihood, greedy_matches
 
@@ -76,41 +80,29 @@ class MMaDALM(TemplateLM):
         device: str | None = "cpu",
         dtype: str | None = None,
         batch_size: int | str = 1,
-        steps: int = 256,
-        gen_length: int = 256,
-        block_length: int = 32,
-        temperature: float = 0.0,
-        cfg_scale: float = 0.0,
-        remasking: str = "low_confidence",
         mc_num: int = 128,
         mc_batch_size: int = 16,
         ll_cfg_scale: float = 0.0,
         greedy_check: bool | str = True,
         add_bos: bool | str = True,
         max_length: int | None = None,
-        seed: int = 0,
         max_batch_size: int | None = None,
-        **unknown,
+        **sampler_args,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(sampler_args) - set(SamplerSettings.model_fields))
         if unknown:
             raise MMaDAError(
-                f"unknown mmada model_args {sorted(unknown)}; the arguments are listed in mmada.eval.harness's docstring"
+                f"unknown mmada model_args {unknown}; the arguments are listed in mmada.eval.harness's docstring"
             )
         if str(batch_size).startswith("auto"):
             raise MMaDAError("batch_size=auto is not supported by the mmada adapter; give a number")
         # Validate the sampler settings before loading (possibly large) weights.
         self.batch_size = int(batch_size)
-        self.steps, self.gen_length, self.block_length = int(steps), int(gen_length), int(block_length)
-        self.temperature, self.cfg_scale, self.remasking = float(temperature), float(cfg_scale), str(remasking)
+        # LLaDA's harness defaults: 256 tokens in blocks of 32, one token per step
+        self.sampler = SamplerSettings.make(**{"steps": 256, "gen_length": 256, "block_length": 32, **sampler_args})
         self.mc_num, self.mc_batch_size, self.ll_cfg_scale = int(mc_num), int(mc_batch_size), float(ll_cfg_scale)
         self.greedy_check, self.add_bos = _as_bool(greedy_check), _as_bool(add_bos)
-        self.seed = int(seed)
-        if self.gen_length % self.block_length or self.steps % (self.gen_length // self.block_length):
-            raise MMaDAError(
-                f"gen_length={gen_length} must be a multiple of block_length={block_length} and steps={steps} "
-                "a multiple of the number of blocks"
-            )
         if self.mc_num % self.mc_batch_size:
             raise MMaDAError(f"mc_num={mc_num} must be a multiple of mc_batch_size={mc_batch_size}")
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -124,8 +116,8 @@ class MMaDALM(TemplateLM):
         self.special = self.lm.builder.special
         self.pretrained = str(pretrained)
         self.max_length = int(max_length or self.model.config.max_sequence_length)
-        if self.gen_length >= self.max_length:
-            raise MMaDAError(f"gen_length={gen_length} leaves no room for a prompt within max_length={self.max_length}")
+        if self.sampler.gen_length >= self.max_length:
+            raise MMaDAError(f"gen_length={self.sampler.gen_length} leaves no room for a prompt within max_length={self.max_length}")
 
     # ------------------------------------------------------------------ lm-eval plumbing
     @property
@@ -185,7 +177,7 @@ class MMaDALM(TemplateLM):
             ll = elbo_loglikelihood(
                 self.model, p, a, mc_num=self.mc_num, mc_batch_size=self.mc_batch_size,
                 batch_size=step * self.mc_batch_size, cfg_scale=self.ll_cfg_scale,
-                mask_id=self.special.mask, pad_id=self.special.eos, seed=self.seed,
+                mask_id=self.special.mask, pad_id=self.special.eos, seed=self.sampler.seed,
             )
             greedy = (
                 greedy_matches(self.model, p, a, mask_id=self.special.mask, pad_id=self.special.eos, batch_size=step)
@@ -212,7 +204,7 @@ class MMaDALM(TemplateLM):
             ll = elbo_loglikelihood(
                 self.model, [[self.special.bos]] * len(chunks), chunks, mc_num=self.mc_num,
                 mc_batch_size=self.mc_batch_size, batch_size=self.batch_size * self.mc_batch_size,
-                mask_id=self.special.mask, pad_id=self.special.eos, seed=self.seed,
+                mask_id=self.special.mask, pad_id=self.special.eos, seed=self.sampler.seed,
             )
             out.append(float(ll.sum()))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), out[-1])
@@ -228,23 +220,22 @@ class MMaDALM(TemplateLM):
         return self.tok_decode(toks)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from mmada.diffusion import generate_text
-
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             _, gen_kwargs = req.args
             groups.setdefault(repr(sorted((gen_kwargs or {}).items(), key=lambda kv: kv[0])), []).append(i)
-        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        gen = self.sampler.generator(self.device)
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="mmada generate_until")
         for idx in groups.values():
             gen_kwargs = dict(requests[idx[0]].args[1] or {})
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            temperature = float(gen_kwargs.get("temperature", self.temperature))
+            temperature = float(gen_kwargs.get("temperature", self.sampler.temperature))
             if not _as_bool(gen_kwargs.get("do_sample", temperature > 0)):
                 temperature = 0.0
-            max_prompt = self.max_length - self.gen_length
+            settings = self.sampler.model_copy(update={"temperature": temperature})  # a task may set it
+            max_prompt = self.max_length - settings.gen_length
             for s in range(0, len(idx), self.batch_size):
                 batch = idx[s : s + self.batch_size]
                 enc = [self._with_bos(self.tok_encode(requests[i].args[0]))[-max_prompt:] for i in batch]
@@ -255,10 +246,8 @@ class MMaDALM(TemplateLM):
                     ids[j, P - len(e) :] = torch.tensor(e, dtype=torch.long)
                     attn[j, P - len(e) :] = True
                 out = generate_text(
-                    self.model, ids.to(self.device), steps=self.steps, gen_length=self.gen_length,
-                    block_length=self.block_length, temperature=temperature, cfg_scale=self.cfg_scale,
-                    remasking=self.remasking, mask_id=self.special.mask, attention_mask=attn.to(self.device),
-                    generator=gen,
+                    self.model, ids.to(self.device), settings, mask_id=self.special.mask, eos_id=self.special.eos,
+                    attention_mask=attn.to(self.device), generator=gen,
                 )[:, P:].cpu()
                 for j, i in enumerate(batch):
                     text = apply_stops(self._decode_generation(out[j]), until)
