@@ -153,6 +153,12 @@ def test_templates_match_the_tokenizer_chat_template():
     dicts = [m.model_dump() for m in msgs]
     assert prompt == tok.apply_chat_template(dicts[:-1], tokenize=False, add_generation_prompt=True)
     assert prompt + response == tok.apply_chat_template(dicts, tokenize=False)
+    # the bytes curated shards hold (render and the tokenizer share one template, so pin its output)
+    assert prompt == ("<|startoftext|><|start_header_id|>system<|end_header_id|>\nBe brief.<|eot_id|>"
+                      "<|start_header_id|>user<|end_header_id|>\nHi<|eot_id|>"
+                      "<|start_header_id|>assistant<|end_header_id|>\nHello!<|eot_id|>"
+                      f"<|start_header_id|>user<|end_header_id|>\n{THINK_PREFIX}What is 2+3?<|eot_id|>"
+                      "<|start_header_id|>assistant<|end_header_id|>\n")
     assert response == "<think>2 plus 3 is 5.</think> \\boxed{5}<|eot_id|>"
     assert msgs[-2].content == THINK_PREFIX + "What is 2+3?"
     plain = TemplateSpec(think=False, answer_format="plain")
