@@ -1,5 +1,5 @@
 """Data specs: validation errors name the field and happen before anything is written; URI security;
-content hashing; the shipped data_specs; prompt templates; final-answer extraction."""
+content hashing; the shipped data_specs; prompt templates. (Final answers: tests/test_answers.py.)"""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ import json
 import pytest
 
 from mmada.cli import main
-from mmada.data.answers import (
-    answers_equal,
-    final_answer,
-    last_boxed,
-    split_gsm8k,
-    strip_calculator_annotations,
-)
 from mmada.data.errors import SpecError
 from mmada.data.io import join_under
-from mmada.data.specs import THINK_PREFIX, load_spec, spec_hash
+from mmada.data.specs import load_spec, spec_hash
+from mmada.tokenization import THINK_PREFIX
 from tests.test_data_readers import GSM8K_ROWS, S1K_FIELDS, S1K_ROWS, write_jsonl
 
 BASE = {"name": "t", "kind": "reasoning", "sources": [{"type": "builtin", "uri": "builtin:arithmetic", "n": 10}]}
@@ -149,10 +143,8 @@ def test_templates_match_the_tokenizer_chat_template():
     from mmada.data.schema import Message
     from mmada.data.specs import TemplateSpec
     from mmada.data.templates import build_messages, render
-    from mmada.tokenization import THINK_PREFIX as TOK_THINK_PREFIX
     from mmada.tokenization import load_text_tokenizer
 
-    assert THINK_PREFIX == TOK_THINK_PREFIX
     tok = load_text_tokenizer("builtin")
     tmpl = TemplateSpec(system="Be brief.")
     hist = [Message(role="user", content="Hi "), Message(role="assistant", content=" Hello!")]
@@ -161,32 +153,14 @@ def test_templates_match_the_tokenizer_chat_template():
     dicts = [m.model_dump() for m in msgs]
     assert prompt == tok.apply_chat_template(dicts[:-1], tokenize=False, add_generation_prompt=True)
     assert prompt + response == tok.apply_chat_template(dicts, tokenize=False)
+    # the bytes curated shards hold (render and the tokenizer share one template, so pin its output)
+    assert prompt == ("<|startoftext|><|start_header_id|>system<|end_header_id|>\nBe brief.<|eot_id|>"
+                      "<|start_header_id|>user<|end_header_id|>\nHi<|eot_id|>"
+                      "<|start_header_id|>assistant<|end_header_id|>\nHello!<|eot_id|>"
+                      f"<|start_header_id|>user<|end_header_id|>\n{THINK_PREFIX}What is 2+3?<|eot_id|>"
+                      "<|start_header_id|>assistant<|end_header_id|>\n")
     assert response == "<think>2 plus 3 is 5.</think> \\boxed{5}<|eot_id|>"
     assert msgs[-2].content == THINK_PREFIX + "What is 2+3?"
     plain = TemplateSpec(think=False, answer_format="plain")
     msgs = build_messages(None, "Q", "trace", "5", plain)
     assert render(msgs, plain)[1] == "trace\n5<|eot_id|>" and msgs[0].content == "Q"
-
-
-# ------------------------------------------------------------------------------------------------
-# answers
-
-
-def test_answer_extraction():
-    assert strip_calculator_annotations("48/2 = <<48/2=24>>24 clips") == "48/2 = 24 clips"
-    assert split_gsm8k("a\nb\n#### 1,234") == ("a\nb", "1,234")
-    assert split_gsm8k("no final line") is None and split_gsm8k("x ####  ") is None
-    assert last_boxed("so $\\boxed{\\frac{1}{\\sqrt{2}}}$ and \\boxed{3}") == "3"
-    assert last_boxed("x = \\boxed{\\frac{1}{\\sqrt{2}}}.") == "\\frac{1}{\\sqrt{2}}"
-    assert last_boxed("\\boxed{unbalanced") is None and last_boxed("none") is None
-    assert final_answer("It is 5 apples, then 7.") == "7"
-    assert final_answer("text\n#### 42") == "42" and final_answer("no numbers") is None
-
-
-@pytest.mark.parametrize(("a", "b", "eq"), [
-    ("1,000", "1000", True), ("72", "72.0", True), ("0.5", "\\frac{1}{2}", True), ("\\dfrac{1}{2}", "\\frac12", True),
-    ("$5$", "5", True), ("3", "4", False), ("-2", "2", False), ("x^2+1", "1+x^{2}", True), ("\\sqrt{2}", "2", False),
-    (None, "1", False), ("50\\%", "50", True),
-])
-def test_answers_equal(a, b, eq):
-    assert answers_equal(a, b) is eq

@@ -1,23 +1,75 @@
-"""Final answers of math traces: extraction (``\\boxed{}``, GSM8K ``#### N``, last number) and comparison.
+"""The one answer verifier: final-answer extraction and equivalence for curation, rewards and evaluation.
 
-Used by the readers (to split a GSM8K solution into trace + gold answer) and by the
-``filters.verify_answer`` filter: a trace is kept only if *its* final answer equals the gold one.
-Numbers compare numerically (``1,000`` = ``1000.0``, ``1/2`` = ``0.5``); other answers compare
-after light LaTeX normalisation and, failing that, with ``math_verify``.
+Curation (``filters.verify_answer``: a trace is kept only if *its* final answer equals the gold one),
+the UniGRPO ``math_correctness`` reward and math evaluation all decide "the answer is correct" here,
+so a trace curation keeps is one the reward would pay for and evaluation would count.
+
+Free-form text (curated traces, rollouts): :func:`final_answer` — looking after the last ``</think>``
+when something follows it: the last ``<answer>…</answer>`` (a ``\\boxed{}`` inside wins), else the last
+``\\boxed{…}``, else the line after the last ``#### ``, else the last number.
+
+Evaluation reproduces published numbers with *named* protocols (:func:`extract_answer`):
+
+    gsm8k_strict    lm-eval-harness gsm8k "strict-match": first ``#### N`` (regex ``#### (\\-?[0-9\\.\\,]+)``)
+    gsm8k_flexible  lm-eval-harness gsm8k "flexible-extract": the *last* match of
+                    ``(-?[$0-9.,]{2,})|(-?[0-9]+)`` (first non-empty group)
+    boxed           MATH / MATH500: the content of the *last* complete ``\\boxed{…}`` (or ``\\fbox{…}``),
+                    braces matched (Hendrycks ``last_boxed_only_string`` + ``remove_boxed``)
+    answer_tag      d1-style: the content of the last ``<answer>…</answer>`` (a ``\\boxed{}`` inside wins)
+
+GSM8K extractions get lm-eval's ``regexes_to_ignore`` (``,``, ``$``, trailing ``.``);
+:func:`lm_eval_exact_match` is lm-eval's string ``exact_match`` (for parity with published numbers).
+
+Equivalence (:func:`is_equivalent`), in order: (1) when both sides are plain numbers or simple
+fractions, exact rational comparison after removing thousands commas, ``$``, ``%``, units,
+``\\text{}`` wrappers, the unicode minus and trailing periods (``1/2`` = ``0.5`` = ``\\dfrac12``);
+(2) ``math-verify`` (symbolic: ``(x+1)^2`` = ``x^2+2x+1``); (3) a MATH-style normalised string match.
+
+    >>> final_answer("<think>3 + 4 = 7.</think> The answer is 7.")
+    '7'
+    >>> extract_answer("so 3 + 4 = 7.\\n#### 7", "gsm8k_strict")
+    '7'
+    >>> is_equivalent("0.5", "\\\\frac{1}{2}")
+    True
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from fractions import Fraction
+from typing import Literal
 
-_CALC = re.compile(r"<<[^<>]*>>")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+from math_verify import parse as mv_parse
+from math_verify import verify as mv_verify
+
+from mmada.errors import MMaDAError
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag"]
+PROTOCOLS: tuple[str, ...] = ("gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag")
+
+# lm-eval-harness gsm8k.yaml (filters and exact_match settings).
+GSM8K_STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+GSM8K_FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_GSM8K_IGNORE = [re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$")]
+
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_CALC_RE = re.compile(r"<<[^<>]*>>")
+# A number as a trace states it: thousands groups, decimals, a simple fraction (1/2), unicode minus.
+_NUMBER_RE = re.compile(r"[-−]?(?:\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|\.\d+)")
+_MV_TIMEOUT_S = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces of traces
 
 
 def strip_calculator_annotations(text: str) -> str:
     """GSM8K: ``48/2 = <<48/2=24>>24`` -> ``48/2 = 24``."""
-    return _CALC.sub("", text)
+    return _CALC_RE.sub("", text)
 
 
 def split_gsm8k(answer: str) -> tuple[str, str] | None:
@@ -31,76 +83,241 @@ def split_gsm8k(answer: str) -> tuple[str, str] | None:
     return trace.strip(), final
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{…}`` / ``\\fbox{…}`` (balanced braces), or None."""
-    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if idx < 0:
+def _boxed_at(text: str, i: int) -> str | None:
+    """The content of the complete boxed expression starting at ``text[i]``, or None if it is not complete."""
+    rest = text[i:]
+    if rest.startswith("\\boxed "):  # "\boxed 5" form (no braces): one token
+        tok = rest[len("\\boxed ") :].split("$")[0].split()
+        return tok[0] if tok else None
+    cmd = "\\boxed" if rest.startswith("\\boxed") else "\\fbox"
+    if not rest[len(cmd) :].startswith("{"):
         return None
-    i = text.find("{", idx)
-    if i < 0:
-        # \boxed 5 (space form)
-        m = re.match(r"\\boxed\s+([^\s$]+)", text[idx:])
-        return m.group(1) if m else None
-    depth, start = 0, i + 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:j].strip()
+    depth = 0
+    for j in range(len(cmd), len(rest)):
+        depth += {"{": 1, "}": -1}.get(rest[j], 0)
+        if depth == 0:
+            return rest[len(cmd) + 1 : j].strip()
+    return None  # unbalanced braces: no complete boxed answer here
+
+
+def _boxed_starts(text: str) -> list[int]:
+    return [m.start() for m in re.finditer(r"\\boxed|\\fbox", text)]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last *complete* ``\\boxed{…}`` / ``\\fbox{…}`` / ``\\boxed N``, or None.
+
+    A trailing unbalanced ``\\boxed{`` (a generation cut short) falls back to the previous complete one.
+    """
+    for i in reversed(_boxed_starts(text)):
+        b = _boxed_at(text, i)
+        if b is not None:
+            return b
     return None
 
 
+def all_boxed(text: str) -> list[str]:
+    """The contents of every complete boxed expression, in order (for reporting several answers)."""
+    found = (_boxed_at(text, i) for i in _boxed_starts(text))
+    return [b for b in found if b is not None]
+
+
 def last_number(text: str) -> str | None:
-    nums = _NUMBER.findall(text)
-    return nums[-1].rstrip(".") if nums else None
+    nums = _NUMBER_RE.findall(text)
+    return nums[-1] if nums else None
 
 
-def final_answer(text: str) -> str | None:
-    """The final answer a trace states: last ``\\boxed{}``, else after ``####``, else the last number."""
-    boxed = last_boxed(text)
+def _answer_tag(text: str) -> str | None:
+    tags = _ANSWER_TAG_RE.findall(text)
+    if not tags:
+        return None
+    inner = tags[-1].strip()
+    boxed = last_boxed(inner)
+    return boxed if boxed is not None else (inner or None)
+
+
+def _gsm8k_clean(s: str) -> str:
+    for rx in _GSM8K_IGNORE:
+        s = rx.sub("", s)
+    return s.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction
+
+
+def final_answer(text: str | None) -> str | None:
+    """The final answer a free-form trace or response states (see the module docstring); None if none.
+
+    Only the part after the last ``</think>`` is searched when it is not empty: numbers and boxes in
+    the reasoning are intermediate results, not the answer.
+    """
+    if not text:
+        return None
+    _, sep, tail = text.rpartition("</think>")
+    t = tail if sep and tail.strip() else text
+    tag = _answer_tag(t)
+    if tag is not None:
+        return tag
+    boxed = last_boxed(t)
     if boxed is not None:
         return boxed
-    split = split_gsm8k(text)
+    split = split_gsm8k(t)
     if split is not None:
-        return split[1]
-    return last_number(text)
+        return split[1].splitlines()[0].strip()  # what follows on later lines is not the answer
+    return last_number(t)
 
 
-def _to_number(s: str) -> Fraction | None:
-    t = s.strip().strip("$").strip()
-    t = re.sub(r"\\(?:text|mathrm)\{[^{}]*\}", "", t)  # units: 5\text{ cm}
-    t = t.replace("\\!", "").replace("\\,", "").replace(" ", "").rstrip(".")
-    t = re.sub(r"^\\d?frac\{(-?\d+)\}\{(\d+)\}$", r"\1/\2", t)
-    t = t.replace("\\%", "").replace("%", "")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", t):
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise MMaDAError(f"unknown answer protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def extract_answer(response: str | None, protocol: Protocol | str) -> str | None:
+    """The final answer in ``response`` under a named evaluation ``protocol``; None if absent."""
+    check_protocol(protocol)
+    if not response:
+        return None
+    if protocol == "gsm8k_strict":
+        m = GSM8K_STRICT_RE.search(response)  # take_first
+        return (_gsm8k_clean(m.group(1)) or None) if m else None
+    if protocol == "gsm8k_flexible":
+        matches = GSM8K_FLEXIBLE_RE.findall(response)
+        if not matches:
+            return None
+        last = matches[-1]  # group_select: -1
+        text = next((g for g in last if g), "")
+        return _gsm8k_clean(text) or None
+    if protocol == "boxed":
+        return last_boxed(response)
+    return _answer_tag(response)
+
+
+def gold_answer(answer: str | int | float, protocol: Protocol | str) -> str:
+    """Normalise a reference answer: GSM8K golds ``"…#### 72"`` → ``"72"``, MATH solutions → last boxed."""
+    check_protocol(protocol)
+    s = str(answer).strip()
+    if "####" in s:
+        return _gsm8k_clean(s.split("####")[-1])
+    boxed = last_boxed(s)
+    if boxed is not None:
+        return boxed
+    if protocol in ("gsm8k_strict", "gsm8k_flexible"):
+        return _gsm8k_clean(s)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# equivalence
+
+# The exponent is capped: Fraction("1e999999999") would build a billion-digit integer.
+_NUM_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?")
+_SLASH_RE = re.compile(r"([-+]?\d+)\s*/\s*(\d+)")
+_FRAC_RE = re.compile(r"([-+]?)\\[dt]?frac\s*(?:\{\s*([-+]?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+# Units are words after whitespace ("5 dollars", "12 cm"); a letter glued to a number ("2x") is algebra.
+_UNIT_TAIL_RE = re.compile(r"(.*?\d)\s+[a-zA-Z][a-zA-Z .]*")
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![a-zA-Z])")
+
+
+def parse_number(s: str | int | float | None) -> Fraction | None:
+    """A plain number or simple fraction as an exact :class:`Fraction`, decorations removed; else None.
+
+    Handles thousands commas (``1,000``, LaTeX ``1{,}000``), ``$`` / ``\\$``, ``%``, a leading ``=``,
+    ``\\!`` / ``\\,``, ``\\text{…}`` wrappers, degrees, the unicode minus, trailing unit words
+    (``5 dollars``, ``12\\text{ cm}``), a trailing period, ``3/4`` and ``\\frac{3}{4}`` / ``\\dfrac34``.
+    """
+    if s is None:
+        return None
+    t = str(s).strip().replace("{,}", ",")
+    t = _TEXT_WRAP_RE.sub(r" \1 ", t)  # spaces keep a wrapped unit a separate word: 12\text{cm}
+    for mark in ("\\!", "\\,", "\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ"):
+        t = t.replace(mark, "")
+    t = t.replace("−", "-").replace("~", " ").replace("\\ ", " ")
+    t = t.strip().lstrip("=").strip().rstrip(".").strip()
+    m = _UNIT_TAIL_RE.fullmatch(t)
+    if m:
+        t = m.group(1)
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?", t):
         t = t.replace(",", "")
     try:
-        return Fraction(t)
-    except (ValueError, ZeroDivisionError):
+        if _NUM_RE.fullmatch(t):
+            return Fraction(t)
+        if m := _SLASH_RE.fullmatch(t):
+            return Fraction(int(m.group(1)), int(m.group(2)))
+        if m := _FRAC_RE.fullmatch(t):
+            num = Fraction(m.group(2) or m.group(3))
+            return (-num if m.group(1) == "-" else num) / int(m.group(4) or m.group(5))
+    except ZeroDivisionError:
         return None
+    return None
 
 
-def _norm_text(s: str) -> str:
-    t = s.strip().strip("$").strip().rstrip(".")
-    t = re.sub(r"\\(?:left|right)\b", "", t)
-    t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("^\\circ", "").replace("^{\\circ}", "")
-    return re.sub(r"\s+", "", t).lower()
+def normalize_math_string(s: str) -> str:
+    """MATH-style string normalisation (Hendrycks ``strip_string``-like) for the last-resort match."""
+    t = s.strip()
+    t = t.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    t = t.replace("tfrac", "frac").replace("dfrac", "frac")
+    t = _LEFT_RIGHT_RE.sub("", t)
+    t = t.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "").replace("$", "")
+    t = t.replace("\\%", "").replace("%", "")
+    t = _TEXT_WRAP_RE.sub(r"\1", t)
+    t = t.replace(" .", " 0.").replace("{.", "{0.")
+    if t.startswith("."):
+        t = "0" + t
+    if len(t.split("=")) == 2 and len(t.split("=")[0].strip()) <= 2:  # "x = 5" → "5"
+        t = t.split("=")[1]
+    t = re.sub(r"\s+", "", t).rstrip(".")
+    if t == "0.5":
+        t = "\\frac{1}{2}"
+    return t
 
 
-def answers_equal(pred: str | None, gold: str | None) -> bool:
-    """Whether two final answers are the same (numbers numerically, expressions symbolically)."""
-    if pred is None or gold is None:
+def _mv_parse(s: str, timeout: int | None) -> list:
+    if "$" in s or "\\boxed" in s or "\\(" in s or "\\[" in s:
+        cands = [s]
+    else:  # bare LaTeX is only recognised inside math delimiters
+        cands = [f"${s}$", s]
+    for c in cands:
+        try:
+            parsed = mv_parse(c, parsing_timeout=timeout)
+        except Exception:  # math-verify raises on some malformed LaTeX; treat as unparsable
+            parsed = []
+        if parsed:
+            return parsed
+    return []
+
+
+def _math_verify_equal(pred: str, ref: str) -> bool:
+    # math-verify's timeouts use signal.alarm, which only the main thread may set; elsewhere (curation
+    # on Prefect threads or Dask workers) it raises, and the answer would silently count as wrong. So
+    # other threads verify without math-verify's timeout: every runner gets the same verdict.
+    timeout = _MV_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gp, pp = _mv_parse(ref, timeout), _mv_parse(pred, timeout)
+    if not (gp and pp):
         return False
-    a, b = _to_number(pred), _to_number(gold)
+    try:
+        return bool(mv_verify(gp, pp, timeout_seconds=timeout))
+    except Exception:  # verification errors count as "not shown equal"
+        log.debug("math-verify failed on %r vs %r", pred, ref)
+        return False
+
+
+def is_equivalent(prediction: str | int | float | None, gold: str | int | float | None) -> bool:
+    """Whether an extracted answer matches the reference (exact numbers → symbolic → normalised string)."""
+    if prediction is None or gold is None:
+        return False
+    pred, ref = str(prediction).strip(), str(gold).strip()
+    if not pred or not ref:
+        return False
+    a, b = parse_number(pred), parse_number(ref)
     if a is not None and b is not None:
         return a == b
-    if _norm_text(pred) == _norm_text(gold):
-        return True
-    try:
-        from math_verify import parse, verify
+    return _math_verify_equal(pred, ref) or normalize_math_string(pred) == normalize_math_string(ref)
 
-        return bool(verify(parse(f"${gold}$"), parse(f"${pred}$")))
-    except Exception:  # math_verify cannot parse it: not provably equal
+
+def lm_eval_exact_match(prediction: str | None, gold: str | int | float | None) -> bool:
+    """lm-eval-harness gsm8k ``exact_match``: ``regexes_to_ignore`` on both sides, ``ignore_case``, ``==``."""
+    if prediction is None or gold is None:
         return False
+    return _gsm8k_clean(str(prediction)).lower() == _gsm8k_clean(str(gold)).lower()

@@ -42,7 +42,7 @@ from pydantic import BaseModel
 
 import mmada
 from mmada.data import io as dio
-from mmada.data.answers import answers_equal, final_answer
+from mmada.data.answers import final_answer, is_equivalent
 from mmada.data.dedup import MinHasher, NearDuplicateIndex, exact_key
 from mmada.data.errors import CountMismatchError, DataError, RecordRejected, ShardError
 from mmada.data.images import decode_png_rgb, prepare_image
@@ -222,7 +222,7 @@ def build_sample(spec: CurationSpec, src: SourceBase, raw: RawRecord, norm: Norm
                 raise RecordRejected("no_final_answer", "the trace states no final answer")
             if norm.gold is None:
                 raise RecordRejected("missing_field", "gold answer (needed by filters.verify_answer)")
-            if not answers_equal(pred, norm.gold):
+            if not is_equivalent(pred, norm.gold):
                 raise RecordRejected("answer_mismatch", f"trace answer {pred!r} != gold {norm.gold!r}")
         messages = build_messages(history, question, thinking, final, tmpl)
         prompt, response = render(messages, tmpl)

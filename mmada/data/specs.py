@@ -23,15 +23,11 @@ from pydantic import Field, field_validator, model_validator
 from mmada.config import Strict, apply_overrides, parse_yaml, validate
 from mmada.data.errors import SpecError
 from mmada.data.io import BUILTIN_URIS, check_uri, read_bytes
+from mmada.tokenization.text import THINK_PREFIX
 
 Kind = Literal["reasoning", "image_text", "mmu", "t2i"]
 KIND_ALIASES = {"vqa": "mmu"}
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-THINK_PREFIX = (
-    "You should first think about the reasoning process in the mind and then provide the user with the "
-    "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
-    "process here </think> answer here\n"
-)
 
 
 # ------------------------------------------------------------------------------------------------

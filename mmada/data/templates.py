@@ -1,7 +1,11 @@
 """Prompt rendering: the LLaDA/MMaDA chat template and the ``<think>`` convention (docs/model.md).
 
-    <|startoftext|><|start_header_id|>user<|end_header_id|>\\n{content}<|eot_id|>
-    <|start_header_id|>assistant<|end_header_id|>\\n{response}<|eot_id|>
+The chat format has one definition, the tokenizer's Jinja ``CHAT_TEMPLATE``
+(:mod:`mmada.tokenization.text`); :func:`render` renders through it, so a curated sample is the text
+``tokenizer.apply_chat_template`` gives for the same conversation:
+
+    <|startoftext|><|start_header_id|>user<|end_header_id|>\n{content}<|eot_id|>
+    <|start_header_id|>assistant<|end_header_id|>\n{response}<|eot_id|>
 
 Reasoning samples prepend the thinking prefix ("You should first think about the reasoning process
 …") to the last user turn and answer ``<think>{trace}</think> {final answer}``. ``prompt`` is the
@@ -11,23 +15,25 @@ and ``response`` the rest.
 
 from __future__ import annotations
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from mmada.data.schema import Message
 from mmada.data.specs import TemplateSpec
+from mmada.tokenization.text import CHAT_TEMPLATE
 
-HEADER = "<|start_header_id|>{role}<|end_header_id|>\n"
-EOT = "<|eot_id|>"
-
-
-def turn(role: str, content: str) -> str:
-    return HEADER.format(role=role) + content.strip() + EOT
+# The environment transformers compiles chat templates in (apply_chat_template), so whitespace
+# handling is the tokenizer's; the template only reads variables, so no extension is needed.
+_CHAT = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)
 
 
 def render(messages: list[Message], tmpl: TemplateSpec) -> tuple[str, str]:
     """(prompt, response) of a conversation whose last message is the assistant's answer."""
     if not messages or messages[-1].role != "assistant":
         raise ValueError("a conversation must end with the assistant message")
-    prompt = tmpl.bos + "".join(turn(m.role, m.content) for m in messages[:-1]) + HEADER.format(role="assistant")
-    return prompt, messages[-1].content.strip() + EOT
+    turns = [{"role": m.role, "content": m.content} for m in messages]
+    prompt = _CHAT.render(messages=turns[:-1], bos_token=tmpl.bos, add_generation_prompt=True)
+    full = _CHAT.render(messages=turns, bos_token=tmpl.bos, add_generation_prompt=False)
+    return prompt, full[len(prompt) :]  # the last turn extends the generation prompt by the response
 
 
 def final_text(answer: str, tmpl: TemplateSpec) -> str:

@@ -9,10 +9,12 @@ checker, class accuracy, CLIP score), the ELBO likelihood, reports and the lm-ev
 Heavier pieces are imported from their modules: ``mmada.eval.elbo``, ``mmada.eval.classifier``,
 ``mmada.eval.clip_score``, ``mmada.eval.report``, ``mmada.eval.runners``, ``mmada.eval.harness``
 (importing the last one registers ``--model mmada`` with lm-evaluation-harness).
+Math answers are extracted and compared by :mod:`mmada.data.answers` (re-exported here), the verifier
+curation and the UniGRPO reward use too; accuracy over records is ``mmada.eval.runners.math_accuracy``.
 CLI: ``mmada eval --help``.
 """
 
-from mmada.eval.answers import PROTOCOLS, extract_answer, gold_answer, is_equivalent, math_accuracy
+from mmada.data.answers import PROTOCOLS, extract_answer, gold_answer, is_equivalent
 from mmada.eval.mmu import normalize_answer, pope_evaluate, pope_metrics, qa_accuracy
 from mmada.eval.shapes_checker import (
     CheckerConfig,
@@ -31,7 +33,6 @@ __all__ = [
     "geneval_summary",
     "gold_answer",
     "is_equivalent",
-    "math_accuracy",
     "normalize_answer",
     "parse_caption",
     "pope_evaluate",

@@ -23,17 +23,17 @@ import math
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
 from mmada.builtin.shapes import palette_codes, palette_image
+from mmada.data.answers import check_protocol, extract_answer, gold_answer, is_equivalent, lm_eval_exact_match
 from mmada.diffusion import generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
-from mmada.eval.answers import PROTOCOLS, default_match, math_accuracy
 from mmada.eval.mmu import pope_evaluate, qa_accuracy
 from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, image_grid
 from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
@@ -153,6 +153,66 @@ def fewshot_prefix(examples: Sequence[Mapping], question_field: str, answer_fiel
     )
 
 
+Match = Literal["exact", "equivalent"]
+
+
+def default_match(protocol: str) -> Match:
+    """GSM8K protocols default to lm-eval's string ``exact_match`` (parity); MATH-style to equivalence."""
+    return "exact" if protocol.startswith("gsm8k") else "equivalent"
+
+
+def score_response(
+    response: str | None, gold: str | int | float, protocol: str, match: Match | None = None
+) -> dict:
+    """Extract under ``protocol`` and compare: ``{"extracted", "gold", "correct"}``.
+
+    ``match="exact"`` is lm-eval's exact_match; ``"equivalent"`` is :func:`mmada.data.answers.is_equivalent`
+    (the rule curation and the UniGRPO reward use).
+    """
+    match = match or default_match(protocol)
+    if match not in ("exact", "equivalent"):
+        raise MMaDAError(f"unknown match mode {match!r}; expected 'exact' or 'equivalent'")
+    extracted = extract_answer(response, protocol)
+    ref = gold_answer(gold, protocol)
+    ok = lm_eval_exact_match(extracted, ref) if match == "exact" else is_equivalent(extracted, ref)
+    return {"extracted": extracted, "gold": ref, "correct": ok}
+
+
+def math_accuracy(
+    records: Iterable[Mapping],
+    protocol: str,
+    *,
+    response_field: str = "response",
+    answer_field: str = "answer",
+    match: Match | None = None,
+) -> tuple[dict, list[dict]]:
+    """Accuracy of ``records`` (each has a model response and a reference answer).
+
+    Returns ``(metrics, per_record)``: metrics ``accuracy``, ``n``, ``no_answer_rate``; per-record rows
+    carry ``extracted``/``gold``/``correct`` for inspection.
+    """
+    check_protocol(protocol)
+    rows: list[dict] = []
+    for i, rec in enumerate(records):
+        for f in (response_field, answer_field):
+            if f not in rec:
+                raise MMaDAError(f"record {i} (id={rec.get('id', '?')!r}) has no field {f!r}")
+        row = score_response(rec[response_field], rec[answer_field], protocol, match)
+        row["id"] = rec.get("id", i)
+        rows.append(row)
+    if not rows:
+        raise MMaDAError("no records to score")
+    n = len(rows)
+    return (
+        {
+            "accuracy": sum(r["correct"] for r in rows) / n,
+            "no_answer_rate": sum(r["extracted"] is None for r in rows) / n,
+            "n": n,
+        },
+        rows,
+    )
+
+
 def _batch_seed(settings, start: int):
     """The settings of the batch that starts at item ``start``: each batch draws from ``seed + start``,
     so a result does not depend on which other items shared its batch's random stream."""
@@ -189,8 +249,7 @@ def evaluate_math(
     """
     if "{question}" not in prompt_template:
         raise MMaDAError(f"prompt_template {prompt_template!r} must contain the placeholder {{question}}")
-    if protocol not in PROTOCOLS:
-        raise MMaDAError(f"unknown answer protocol {protocol!r}; expected one of {PROTOCOLS}")
+    check_protocol(protocol)
     if num_fewshot > len(fewshot_records):
         raise MMaDAError(f"num_fewshot={num_fewshot} but only {len(fewshot_records)} few-shot records were given")
     if not records:

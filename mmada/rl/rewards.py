@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mmada.data.answers import final_answer, is_equivalent
 from mmada.errors import ConfigError
 
 RewardFunc = Callable[..., list[float | None]]
@@ -83,27 +84,16 @@ def math_correctness(prompts: Sequence, completions: Sequence[str], **columns) -
     """1.0 if the final answer equals the gold ``answer`` column, else 0.0; None without a gold answer
     (or for rows whose ``task`` column is not a text-reasoning task).
 
-    The answer is taken, in order, from ``<answer>…</answer>``, the last ``\\boxed{}``, ``#### N``,
-    else the last number after ``</think>`` (numeric/symbolic equivalence via mmada.eval).
+    The final answer and the comparison are :func:`mmada.data.answers.final_answer` and
+    :func:`~mmada.data.answers.is_equivalent`, the rule curation keeps traces by (``<answer>`` tag, last
+    ``\\boxed{}``, ``#### N``, else the last number, after ``</think>``; exact numbers, then symbolic).
     """
-    from mmada.eval import extract_answer, is_equivalent
-
     gold = _column(columns, "answer", len(completions))
     applies = _for_tasks(columns, len(completions), ("chat", "text", "reasoning"))
-    out: list[float | None] = []
-    for c, g, ok in zip(completions, gold, applies):
-        if g is None or not isinstance(c, str) or not ok:
-            out.append(None)
-            continue
-        pred = None
-        for protocol in ("answer_tag", "boxed", "gsm8k_strict"):
-            pred = extract_answer(c, protocol)
-            if pred is not None:
-                break
-        if pred is None:
-            pred = extract_answer(final_answer_text(c), "gsm8k_flexible")
-        out.append(1.0 if pred is not None and is_equivalent(pred, g) else 0.0)
-    return out
+    return [
+        None if g is None or not isinstance(c, str) or not ok else float(is_equivalent(final_answer(c), g))
+        for c, g, ok in zip(completions, gold, applies)
+    ]
 
 
 @register_reward("format")

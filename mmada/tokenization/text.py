@@ -28,6 +28,7 @@ BUILTIN_VERSION = "2"  # bump when the corpus or the training recipe changes (2:
 # Our chat format (the chat_template set in Gen-Verse/MMaDA generate.py; docs/model.md): bos once,
 # then for every message <|start_header_id|>role<|end_header_id|>\n content <|eot_id|>, then the
 # assistant header.
+# The one definition: curation renders its samples through it too (mmada.data.templates.render).
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
