@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from typing import IO
 
+import braceexpand  # installed with webdataset
 import fsspec
 from fsspec.core import url_to_fs
 
@@ -128,7 +129,6 @@ def expand(uri: str) -> list[str]:
     """
     if uri.startswith("pipe:"):
         return [uri]
-    import braceexpand  # installed with webdataset
 
     out: list[str] = []
     for one in braceexpand.braceexpand(uri):

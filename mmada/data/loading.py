@@ -57,6 +57,7 @@ from mmada.data.shards import (
 )
 from mmada.data.streams import DataSpec, StreamSpec
 from mmada.errors import ConfigError
+from mmada.models.vq.preprocess import image_to_array
 from mmada.tokenization import SequenceBuilder
 
 # Which curated sample kinds feed which task (mmada.data.schema).
@@ -246,7 +247,6 @@ class RowMaker:
                 f"data.image_tokenizer: sample {key} ({self.task} stream) has a PNG but no codes.npy; "
                 "set data.image_tokenizer to encode images on the fly, or curate with vq.enabled"
             )
-        from mmada.models.vq.preprocess import image_to_array
 
         with Image.open(io.BytesIO(sample["png"])) as im:
             arr = image_to_array(im, self.data.image_resolution, self.data.image_resize, name=f"sample {key}")

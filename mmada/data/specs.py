@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from mmada.builtin.shapes import TASKS
 from mmada.config import Strict, apply_overrides, parse_yaml, validate
 from mmada.data.errors import SpecError
 from mmada.data.io import BUILTIN_URIS, check_uri, read_bytes
@@ -182,8 +183,6 @@ class BuiltinSource(SourceBase):
         if self.uri == "builtin:shapes" and self.image_size < 16:
             raise ValueError("builtin:shapes needs image_size >= 16")
         if self.tasks is not None:
-            from mmada.builtin.shapes import TASKS
-
             bad = [t for t in self.tasks if t not in TASKS]
             if bad or not self.tasks:
                 raise ValueError(f"unknown shapes tasks {bad}; expected a subset of {list(TASKS)}")

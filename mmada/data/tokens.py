@@ -7,9 +7,11 @@ shared across threads that encode concurrently).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 
-from mmada.data.errors import DataError
+from mmada.tokenization import load_text_tokenizer
 
 _local = threading.local()
 
@@ -19,13 +21,6 @@ def get_tokenizer(name: str):
     if cache is None:
         cache = _local.cache = {}
     if name not in cache:
-        try:
-            from mmada.tokenization import load_text_tokenizer
-        except ImportError as exc:
-            raise DataError(
-                f"tokenizer {name!r}: mmada.tokenization.load_text_tokenizer is not available ({exc}); "
-                "set `tokenizer: null` in the spec to curate without token filters/stats"
-            ) from exc
         cache[name] = load_text_tokenizer(name)
     return cache[name]
 
@@ -40,9 +35,6 @@ def count_tokens(tokenizer, texts: list[str]) -> list[int]:
 
 def tokenizer_fingerprint(name: str) -> str:
     """sha256 of the tokenizer's full definition (vocab, merges, special tokens)."""
-    import hashlib
-    import json
-
     tok = get_tokenizer(name)
     backend = getattr(tok, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)

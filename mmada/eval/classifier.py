@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn import functional as F
 
@@ -265,17 +267,12 @@ def _train(x_train, y_train, x_test, y_test, classes, image_size, epochs, seed, 
 
 def save_classifier(bundle: ClassifierBundle, path: str | os.PathLike) -> Path:
     """Save weights + metadata as safetensors (written to a temp file, then renamed)."""
-    from safetensors.torch import save
-
     state = {k: v.contiguous() for k, v in bundle.model.state_dict().items()}
     return write_bytes(Path(path), save(state, metadata={"mmada_classifier": json.dumps(bundle.meta)}))
 
 
 def load_classifier(path: str | os.PathLike) -> ClassifierBundle:
     """Load a classifier saved by :func:`save_classifier` (safetensors only)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path)
     if not p.is_file():
         raise MMaDAError(f"classifier file not found: {p}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from mmada.data.shards import ShardSet
 from mmada.errors import MMaDAError
 
 
@@ -28,8 +29,6 @@ def questions_in(roots: Iterable[str]) -> set[str]:
     called it, so this reads that field; a shard set without any (t2i captions, say) is an error
     rather than a silent no-op exclusion.
     """
-    from mmada.data.shards import ShardSet
-
     seen: set[str] = set()
     for root in roots:
         shards = ShardSet.open(root)

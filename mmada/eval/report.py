@@ -22,9 +22,12 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 from PIL import Image
 from pydantic import Field
 
@@ -128,8 +131,6 @@ def _fmt(v: Any) -> str:
 
 def _package_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("mmada")
     except Exception:  # running from a source tree without installed metadata
         return "unknown"
@@ -186,9 +187,6 @@ def log_report(
     ``mmada.eval.suite`` and ``mmada.model_version`` let the registry compare versions. Artifacts:
     ``report.json`` and ``images/<name>.png``.
     """
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)

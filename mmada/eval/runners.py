@@ -29,15 +29,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmada.builtin.shapes import palette_codes, palette_image
+from mmada.builtin.arithmetic import generate_arithmetic
+from mmada.builtin.shapes import generate_shapes, palette_codes, palette_image
 from mmada.data.answers import check_protocol, extract_answer, gold_answer, is_equivalent, lm_eval_exact_match
 from mmada.diffusion import generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
+from mmada.eval.classifier import class_accuracy, digits_to_image
+from mmada.eval.clip_score import CLIPScorer
 from mmada.eval.mmu import pope_evaluate, qa_accuracy
 from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, image_grid
 from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
 from mmada.inference import generate_answers, generate_image_codes
+from mmada.models.vq import MAGVITv2
 
 GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")  # lm-eval gsm8k ``until``
 
@@ -91,20 +95,15 @@ def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int
         name = source.split(":", 1)[1]
         count = BUILTIN_DEFAULT_N if n is None else n
         if name == "arithmetic":
-            from mmada.builtin.arithmetic import generate_arithmetic
-
             levels = {} if difficulty is None else {"difficulty": difficulty}
             return generate_arithmetic(count, seed=seed, start=start, **levels)
         if name == "shapes":
-            from mmada.builtin.shapes import generate_shapes
-
             return generate_shapes(count, seed=seed, start=start)
         raise MMaDAError(f"unknown built-in dataset {source!r}; expected builtin:arithmetic, builtin:shapes "
                          "or sklearn:digits")
     if source == "sklearn:digits":  # as the data layer's source: bilinear 32×32, "a handwritten digit N"
         from sklearn.datasets import load_digits
 
-        from mmada.eval.classifier import digits_to_image
 
         d = load_digits()
         stop = len(d.target) if n is None else min(len(d.target), start + n)
@@ -144,6 +143,17 @@ def load_records(source: str, *, n: int | None = None, seed: int = 0, start: int
 
 LM_EVAL_TEMPLATE = "Question: {question}\nAnswer:"
 """lm-eval's gsm8k prompt (the default of :func:`evaluate_math`)."""
+
+
+def apply_stops(text: str, until: Sequence[str]) -> str:
+    """Cut ``text`` at the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in until:
+        if s:
+            i = text.find(s)
+            if i >= 0:
+                cut = min(cut, i)
+    return text[:cut]
 
 
 def fewshot_prefix(examples: Sequence[Mapping], question_field: str, answer_field: str) -> str:
@@ -256,8 +266,6 @@ def evaluate_math(
         raise MMaDAError(f"{dataset}: no records to evaluate")
     recs = [dict(r) for r in records]
     if lm is not None:
-        from mmada.eval.harness import apply_stops
-
         sampler = sampler or SamplerSettings()
         prefix = fewshot_prefix(fewshot_records[:num_fewshot], question_field, answer_field)
         for i in range(0, len(recs), batch_size):
@@ -316,8 +324,6 @@ class MagvitCodec:
     """A MAGVIT-v2 checkpoint directory (``mmada.models.vq.MAGVITv2``) at a fixed resolution."""
 
     def __init__(self, path: str, resolution: int | None = None, device: str = "cpu"):
-        from mmada.models.vq import MAGVITv2
-
         self.vq = MAGVITv2.from_pretrained(path, device=device)
         self.resolution = resolution or self.vq.config.resolution
         self.name = f"magvitv2:{path}"
@@ -471,8 +477,6 @@ def evaluate_class(
     images: Sequence[Image.Image], labels: Sequence, bundle, *, dataset: str, sampler: ImageSamplerSettings | None,
     source: str = "model", model_ref: ModelRef | None = None,
 ) -> EvalReport:
-    from mmada.eval.classifier import class_accuracy
-
     r = class_accuracy(bundle, images, labels)
     return EvalReport(
         suite="t2i_class", protocol=f"classifier:{bundle.meta.get('dataset')}", dataset=dataset, n=r["n"],
@@ -486,8 +490,6 @@ def evaluate_clip(
     images: Sequence[Image.Image], captions: Sequence[str], clip_path: str, *, dataset: str,
     sampler: ImageSamplerSettings | None, source: str = "model", model_ref: ModelRef | None = None,
 ) -> EvalReport:
-    from mmada.eval.clip_score import CLIPScorer
-
     r = CLIPScorer(clip_path).score(images, captions)
     return EvalReport(
         suite="clip", protocol="clip_score_100cos_clip0", dataset=dataset, n=r["n"], model=model_ref or ModelRef(),

@@ -24,6 +24,9 @@ import torch
 
 from mmada.data.answers import final_answer, is_equivalent
 from mmada.errors import ConfigError
+from mmada.eval import normalize_answer, score_shapes_image
+from mmada.eval.classifier import get_digits_classifier, preprocess
+from mmada.eval.clip_score import CLIPScorer
 
 RewardFunc = Callable[..., list[float | None]]
 REWARDS: dict[str, RewardFunc] = {}
@@ -105,8 +108,6 @@ def format_reward(prompts: Sequence, completions: Sequence, **columns) -> list[f
 @register_reward("mmu_correctness")
 def mmu_correctness(prompts: Sequence, completions: Sequence[str], **columns) -> list[float | None]:
     """Normalised exact match of the final answer with the ``answer`` column (understanding tasks)."""
-    from mmada.eval import normalize_answer
-
     gold = _column(columns, "answer", len(completions))
     applies = _for_tasks(columns, len(completions), ("mmu",))
     return [
@@ -123,8 +124,6 @@ def shapes_t2i(prompts: Sequence, completions: Sequence, **columns) -> list[floa
 
     Uses the ``metadata`` column (ground truth) when present, else the ``caption``; None for text.
     """
-    from mmada.eval import score_shapes_image
-
     meta = _column(columns, "metadata", len(completions))
     caps = _column(columns, "caption", len(completions))
     out: list[float | None] = []
@@ -138,16 +137,12 @@ def shapes_t2i(prompts: Sequence, completions: Sequence, **columns) -> list[floa
 
 @functools.cache
 def _digits_classifier():
-    from mmada.eval.classifier import get_digits_classifier
-
     return get_digits_classifier()
 
 
 @register_reward("digit_classifier")
 def digit_classifier(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
     """Probability the digits classifier gives the prompted class (``label`` column) of a generated image."""
-    from mmada.eval.classifier import preprocess
-
     labels = _column(columns, "label", len(completions))
     idx = [i for i, (c, y) in enumerate(zip(completions, labels)) if y is not None and not isinstance(c, str)]
     out: list[float | None] = [None] * len(completions)
@@ -164,8 +159,6 @@ def digit_classifier(prompts: Sequence, completions: Sequence, **columns) -> lis
 
 @functools.cache
 def _clip_scorer(path: str):
-    from mmada.eval.clip_score import CLIPScorer
-
     return CLIPScorer(path)
 
 

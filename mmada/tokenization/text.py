@@ -18,6 +18,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from mmada.builtin.arithmetic import generate_arithmetic
+from mmada.builtin.shapes import generate_shapes
 from mmada.errors import VocabError
 from mmada.files import atomic_dir
 from mmada.tokenization.special import SPECIAL_TOKENS
@@ -47,9 +49,6 @@ def cache_dir() -> Path:
 
 def builtin_corpus() -> list[str]:
     """The deterministic text the built-in tokenizer is trained on."""
-    from mmada.builtin.arithmetic import generate_arithmetic
-    from mmada.builtin.shapes import generate_shapes
-
     texts = [THINK_PREFIX, "user", "assistant", "system", "The answer is", "a handwritten digit"]
     texts += [f"a handwritten digit {d}" for d in range(10)]
     for r in generate_arithmetic(3000, seed=12345, difficulty=(1, 5)):

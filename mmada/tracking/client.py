@@ -27,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
 log = logging.getLogger("mmada.tracking")
 T = TypeVar("T")
 
@@ -66,8 +69,6 @@ class Tracker:
     def client(self):
         """The ``MlflowClient`` (created on first use: ranks that never log never touch the store)."""
         if self._client is None:
-            from mlflow import MlflowClient
-
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
@@ -149,8 +150,6 @@ class Tracker:
     def log_params(self, params: dict[str, str]) -> None:
         """Log params; on a re-attached run, changed values (e.g. a longer ``max_steps`` on resume) go
         to ``resumed.<key>`` tags, since MLflow params are immutable."""
-        from mlflow.entities import Param
-
         if not self.online:
             return
         run = self.call("get_run", self.client.get_run, self.run_id)
@@ -164,8 +163,6 @@ class Tracker:
             self.call("log_batch(params)", self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         if self.online and tags:
             self.call("set_tags", self.client.log_batch, self.run_id,
                       tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
@@ -182,8 +179,6 @@ class Tracker:
         self._queue.put(item)
 
     def _send_metrics(self, metrics: dict[str, float], step: int, ts: int) -> None:
-        from mlflow.entities import Metric
-
         if not self.online:
             self.dropped_metrics += 1
             self._report("log_metrics (no run)", RuntimeError("tracking is offline"),
@@ -273,9 +268,6 @@ def _jsonable(x: Any) -> Any:
 
 def replay_fallback(path: str | Path, tracking_uri: str, run_id: str | None = None) -> int:
     """Send the metrics kept in a fallback file to a run (the one they were meant for by default)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
     client = MlflowClient(tracking_uri)
     sent = 0
     for line in Path(path).read_text().splitlines():

@@ -16,6 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from mmada.errors import ConfigError
 from mmada.files import atomic_dir
 from mmada.tracking.client import Tracker
@@ -34,8 +38,6 @@ def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alia
     client = tracker.client
 
     def ensure_model() -> None:
-        from mlflow.exceptions import MlflowException
-
         try:
             client.get_registered_model(name)
         except MlflowException:
@@ -78,9 +80,6 @@ def resolve_model(uri: str, *, tracking_uri: str, cache_dir: str | Path,
         if not (path / "config.json").is_file():
             raise ConfigError(f"{field}: {uri!r} is not a checkpoint directory (no config.json)")
         return path, None
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri)
     name = parsed["name"]

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from mmada.data.errors import RecordRejected
-from mmada.data.io import fs_and_path, sha256_uri
+from mmada.data.io import expand, fs_and_path, sha256_uri
 from mmada.data.schema import Message
 from mmada.data.specs import CurationSpec, FilterSpec, SourceBase
 
@@ -170,8 +170,6 @@ class Reader:
     type: ClassVar[str]
 
     def files(self, src: SourceBase) -> list[str]:
-        from mmada.data.io import expand
-
         return expand(src.uri)
 
     def fingerprint(self, src: SourceBase) -> str:

@@ -48,19 +48,9 @@ from mmada.diffusion.sampling import generate_text
 from mmada.diffusion.settings import SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.elbo import elbo_loglikelihood, greedy_matches
+from mmada.eval.runners import apply_stops
 
 log = logging.getLogger(__name__)
-
-
-def apply_stops(text: str, until: Sequence[str]) -> str:
-    """Cut ``text`` at the earliest occurrence of any stop string."""
-    cut = len(text)
-    for s in until:
-        if s:
-            i = text.find(s)
-            if i >= 0:
-                cut = min(cut, i)
-    return text[:cut]
 
 
 def _as_bool(v) -> bool:
