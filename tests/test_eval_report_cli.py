@@ -12,8 +12,10 @@ from pydantic import ValidationError
 
 from mmada.builtin.shapes import generate_shapes, render_scene
 from mmada.cli import main
+from mmada.data.images import image_grid
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
-from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, image_grid, log_report
+from mmada.errors import MMaDAError
+from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, log_report
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import load_text_tokenizer
 
@@ -245,3 +247,16 @@ def test_fast_sampler_settings_are_used_and_reported(tiny_ckpt, tmp_path):
     assert reports["fast"]["n"] == reports["plain"]["n"]
     with pytest.raises(SystemExit):
         main(["eval", "mmu", "--cache", "triple"])
+
+
+def test_image_grid_tiles_and_labels():
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    grid = image_grid([red, blue, red], ncol=2, scale=2)  # every tile takes the first one's size × scale
+    assert grid.size == (2 * (16 + 2) + 2, 2 * (16 + 2) + 2)
+    assert grid.getpixel((2, 2)) == (255, 0, 0) and grid.getpixel((2 + 18, 2)) == (0, 0, 255)
+    assert grid.getpixel((2 + 18, 2 + 18)) == (64, 64, 64)  # the empty fourth cell
+    labelled = image_grid([red, blue, red], ncol=2, scale=2, labels=["0.50", "1.00", "0.00"])
+    assert labelled.size == (grid.size[0], grid.size[1] + 2 * 12)  # a label row under each tile row
+    assert any(sum(labelled.getpixel((x, 2 + 16 + y))) > 400 for x in range(2, 18) for y in range(12))  # text drawn
+    with pytest.raises(MMaDAError, match="2 labels for 3 images"):
+        image_grid([red, blue, red], labels=["a", "b"])

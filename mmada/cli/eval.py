@@ -212,7 +212,7 @@ def _t2i(args) -> int:
                                                  ids=[r.get("id", i) for i, r in enumerate(recs)],
                                                  captions=[r.get("caption") for r in recs])
         return _finish(args, report, rows=rows, images={"generated_grid": grid})
-    from mmada.eval.report import image_grid
+    from mmada.data.images import image_grid
 
     grid = image_grid(images[:32], ncol=8, scale=2)
     if args.checker == "clip":

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mmada.data.errors import RecordRejected
+from mmada.errors import MMaDAError
 
 PNG_COMPRESS_LEVEL = 6
 
@@ -102,3 +105,31 @@ def decode_png_rgb(png: bytes) -> np.ndarray:
     """PNG bytes -> (H, W, 3) uint8 array."""
     with Image.open(io.BytesIO(png)) as im:
         return np.asarray(im.convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Grids of images (evaluation reports, training samples, UniGRPO rollouts, tokenizer reconstructions)
+
+
+def image_grid(images: Sequence[Image.Image], ncol: int = 8, pad: int = 2, scale: int = 1,
+               labels: Sequence[str] | None = None) -> Image.Image:
+    """Tile images (resized to the first one's size × ``scale``) into a grid on a grey background,
+    with an optional label (e.g. a reward) under each."""
+    if not images:
+        raise MMaDAError("no images to put in a grid")
+    if labels is not None and len(labels) != len(images):
+        raise MMaDAError(f"{len(labels)} labels for {len(images)} images")
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    label_h = 12 if labels is not None else 0
+    ncol = max(1, min(ncol, len(images)))
+    nrow = math.ceil(len(images) / ncol)
+    grid = Image.new("RGB", (ncol * (w + pad) + pad, nrow * (h + label_h + pad) + pad), (64, 64, 64))
+    draw = ImageDraw.Draw(grid)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncol)
+        x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
+        grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (x, y))
+        if labels is not None:
+            draw.text((x + 2, y + h), labels[i], fill=(255, 255, 255))
+    return grid

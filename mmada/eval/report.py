@@ -33,7 +33,6 @@ from pydantic import Field
 
 from mmada.config import Strict
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
-from mmada.errors import MMaDAError
 from mmada.files import save_png, write_json
 
 FULL_HASH_LIMIT = 2 * 1024**3  # hash weight contents up to 2 GiB; larger → header/size fingerprint
@@ -146,25 +145,6 @@ def flatten_metrics(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, bool | int | float) and not (isinstance(v, float) and not math.isfinite(v)):
             out[key] = float(v)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# images
-
-
-def image_grid(images: Sequence[Image.Image], ncol: int = 8, pad: int = 2, scale: int = 1) -> Image.Image:
-    """Tile images (resized to the first one's size × ``scale``) into a grid on a grey background."""
-    if not images:
-        raise MMaDAError("no images to put in a grid")
-    w, h = images[0].size
-    w, h = w * scale, h * scale
-    ncol = max(1, min(ncol, len(images)))
-    nrow = math.ceil(len(images) / ncol)
-    grid = Image.new("RGB", (ncol * (w + pad) + pad, nrow * (h + pad) + pad), (64, 64, 64))
-    for i, im in enumerate(images):
-        r, c = divmod(i, ncol)
-        grid.paste(im.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
-    return grid
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,13 +32,14 @@ from PIL import Image
 from mmada.builtin.arithmetic import generate_arithmetic
 from mmada.builtin.shapes import generate_shapes, palette_codes, palette_image
 from mmada.data.answers import check_protocol, extract_answer, gold_answer, is_equivalent, lm_eval_exact_match
+from mmada.data.images import image_grid
 from mmada.diffusion import generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.classifier import class_accuracy, digits_to_image
 from mmada.eval.clip_score import CLIPScorer
 from mmada.eval.mmu import pope_evaluate, qa_accuracy
-from mmada.eval.report import EvalReport, ModelRef, flatten_metrics, image_grid
+from mmada.eval.report import EvalReport, ModelRef, flatten_metrics
 from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
 from mmada.inference import generate_answers, generate_image_codes
 from mmada.models.vq import MAGVITv2

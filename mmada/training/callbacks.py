@@ -27,7 +27,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 
-from mmada.files import write_json
+from mmada.data.images import image_grid
+from mmada.files import save_png, write_json
 from mmada.inference import LoadedModel, generate_answers, generate_image_codes
 from mmada.tokenization import SequenceBuilder
 from mmada.tracking.client import Tracker
@@ -136,16 +137,6 @@ class SpeedMonitor(Callback):
 # Samples
 
 
-def image_grid(images: list[Image.Image], cols: int = 4, pad: int = 2) -> Image.Image:
-    w, h = images[0].size
-    rows = math.ceil(len(images) / cols)
-    cols = min(cols, len(images))
-    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
-    for i, im in enumerate(images):
-        grid.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
-    return grid
-
-
 def codes_image(codes: np.ndarray, codebook_size: int, scale: int = 4) -> Image.Image:
     """A code grid as a picture (when no image tokenizer is configured to decode it)."""
     side = math.isqrt(len(codes))
@@ -205,13 +196,12 @@ class SampleCallback(Callback):
         if not trainer.is_global_zero:
             return None
         out = self.out_dir / "samples" / f"step_{trainer.global_step:08d}"
-        out.mkdir(parents=True, exist_ok=True)
         if answers is not None:
-            (out / "answers.json").write_text(json.dumps(
-                [{"prompt": p, "answer": a} for p, a in zip(spec.prompts, answers)], indent=1))
+            write_json(out / "answers.json", [{"prompt": p, "answer": a} for p, a in zip(spec.prompts, answers)],
+                       indent=1)
         if images is not None:
-            image_grid(images).save(out / "t2i_grid.png")
-            (out / "captions.json").write_text(json.dumps(spec.captions))
+            save_png(out / "t2i_grid.png", image_grid(images, ncol=4))
+            write_json(out / "captions.json", spec.captions, indent=None)
         if self.tracker is not None:
             self.tracker.log_artifacts(out, f"samples/{out.name}")
         return out

@@ -22,7 +22,6 @@ generated images with their rewards, as MLflow artifacts.
 from __future__ import annotations
 
 import io
-import json
 import random
 import time
 from pathlib import Path
@@ -31,11 +30,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from mmada.data.images import image_grid
 from mmada.data.loading import make_seed
 from mmada.errors import ConfigError
+from mmada.files import save_png, write_json
 from mmada.rl import (
     GRPOConfig,
     policy_loss,
@@ -277,7 +278,6 @@ class GRPOModule(MMaDAModule):
     def _write_samples(self, cache) -> None:
         """A completions table (JSON) and a t2i image grid with rewards, logged as run artifacts."""
         out = Path(self.cfg.out_dir) / "grpo_samples" / f"step{self.global_step:08d}"
-        out.mkdir(parents=True, exist_ok=True)
         rows = []
         for task, scored, _, _, prompts in cache:
             r = scored.rollout
@@ -287,24 +287,11 @@ class GRPOModule(MMaDAModule):
                              "reward": float(scored.rewards[i]), "advantage": float(scored.advantages.advantages[i]),
                              **{f"reward/{k}": v[i] for k, v in scored.per_reward.items()}})
             if task == "t2i":
-                grid = reward_grid(r.completions, scored.rewards.tolist())
-                grid.save(out / "t2i_grid.png")
-        (out / "completions.json").write_text(json.dumps(rows, indent=1))
+                labels = [f"{x:.2f}" for x in scored.rewards.tolist()]
+                save_png(out / "t2i_grid.png", image_grid(r.completions, scale=3, labels=labels))
+        write_json(out / "completions.json", rows, indent=1)
         tracker = getattr(self.logger, "tracker", None) if self.logger is not None else None
         if tracker is not None:
             tracker.log_artifacts(out, f"grpo_samples/step{self.global_step:08d}")
 
 
-def reward_grid(images: list[Image.Image], rewards: list[float], scale: int = 3) -> Image.Image:
-    """Generated images in a row-major grid, each with its reward written under it."""
-    w, h = images[0].size
-    cols = min(8, len(images))
-    rows = (len(images) + cols - 1) // cols
-    W, H = w * scale, h * scale + 12
-    grid = Image.new("RGB", (cols * W, rows * H), (40, 40, 40))
-    draw = ImageDraw.Draw(grid)
-    for i, (img, rw) in enumerate(zip(images, rewards)):
-        x, y = (i % cols) * W, (i // cols) * H
-        grid.paste(img.resize((w * scale, h * scale), Image.NEAREST), (x, y))
-        draw.text((x + 2, y + h * scale), f"{rw:.2f}", fill=(255, 255, 255))
-    return grid
