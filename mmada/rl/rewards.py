@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,11 +26,11 @@ from mmada.errors import ConfigError
 from mmada.eval import normalize_answer, score_shapes_image
 from mmada.eval.classifier import get_digits_classifier, preprocess
 from mmada.eval.clip_score import CLIPScorer
+from mmada.tokenization.text import split_think
 
 RewardFunc = Callable[..., list[float | None]]
 REWARDS: dict[str, RewardFunc] = {}
 
-_THINK_RE = re.compile(r"^\s*<think>(.+?)</think>\s*(\S.*)$", re.DOTALL)
 
 
 def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
@@ -58,12 +57,6 @@ def resolve_reward(spec: str | RewardFunc) -> RewardFunc:
             raise ConfigError(f"reward function {spec!r} is not callable")
         return fn
     raise ConfigError(f"unknown reward function {spec!r}; built in: {sorted(REWARDS)} (or use 'module:function')")
-
-
-def final_answer_text(completion: str) -> str:
-    """The part after ``</think>`` when a think block is present, else the whole completion."""
-    m = _THINK_RE.match(completion or "")
-    return m.group(2) if m else (completion or "")
 
 
 def _for_tasks(columns: Mapping[str, Any], n: int, tasks: tuple[str, ...]) -> list[bool]:
@@ -102,7 +95,7 @@ def math_correctness(prompts: Sequence, completions: Sequence[str], **columns) -
 @register_reward("format")
 def format_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
     """1.0 for ``<think> reasoning </think> answer`` (non-empty both), 0.0 otherwise; None for images."""
-    return [None if not isinstance(c, str) else (1.0 if _THINK_RE.match(c) else 0.0) for c in completions]
+    return [None if not isinstance(c, str) else float(all(split_think(c))) for c in completions]
 
 
 @register_reward("mmu_correctness")
@@ -112,7 +105,7 @@ def mmu_correctness(prompts: Sequence, completions: Sequence[str], **columns) ->
     applies = _for_tasks(columns, len(completions), ("mmu",))
     return [
         None if g is None or not isinstance(c, str) or not ok
-        else float(normalize_answer(final_answer_text(c)) == normalize_answer(str(g)))
+        else float(normalize_answer(split_think(c)[1]) == normalize_answer(str(g)))
         for c, g, ok in zip(completions, gold, applies)
     ]
 

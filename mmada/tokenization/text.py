@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,6 +42,15 @@ THINK_PREFIX = (
     "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
     "process here </think> answer here\n"
 )
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
+
+
+def split_think(content: str) -> tuple[str | None, str]:
+    """``<think>t</think> a`` → ``(t, a)`` (both stripped); text without a think block → ``(None, text)``."""
+    m = _THINK.match(content)
+    if not m:
+        return None, content
+    return m.group(1).strip(), m.group(2).strip()
 
 
 def cache_dir() -> Path:

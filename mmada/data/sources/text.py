@@ -33,8 +33,7 @@ from mmada.data.sources.base import (
     register,
 )
 from mmada.data.specs import CurationSpec, FilterSpec, SourceBase
-
-_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
+from mmada.tokenization.text import split_think
 
 
 def _container_of(uri: str, declared: str) -> str:
@@ -165,9 +164,9 @@ class ReasoningReader(TextReader):
             th = "\n\n".join(th)
         th = nonempty(th, "thinking")
         ans = nonempty(get_field(d, src.field("answer"), field_name="answer"), "answer")
-        m = _THINK.match(th)  # traces stored with their own <think> tags
-        if m:
-            th = m.group(1)
+        inner, _ = split_think(th)  # traces stored with their own <think> tags
+        if inner is not None:
+            th = inner
         gold_raw = get_field(d, src.field("gold"), field_name="gold", types=(str, int, float), required=False)
         gold = None
         if gold_raw is not None:
@@ -206,14 +205,6 @@ def parse_messages(items: object, field_name: str) -> list[Message]:
     return out
 
 
-def split_think(content: str) -> tuple[str | None, str]:
-    """``<think>t</think> a`` -> (t, a); content without a think block -> (None, content)."""
-    m = _THINK.match(content)
-    if not m:
-        return None, content
-    return m.group(1).strip(), m.group(2).strip()
-
-
 @register
 class ChatReader(TextReader):
     type = "chat"
@@ -239,4 +230,4 @@ class AlpacaReader(TextReader):
         return Normalized(source_id=_id(src, d), question=question, response=out.strip())
 
 
-__all__ = ["AlpacaReader", "ChatReader", "Gsm8kReader", "MathReader", "ReasoningReader", "parse_messages", "split_think"]
+__all__ = ["AlpacaReader", "ChatReader", "Gsm8kReader", "MathReader", "ReasoningReader", "parse_messages"]

@@ -26,8 +26,9 @@ from mmada.data.sources.base import (
     nonempty,
     register,
 )
-from mmada.data.sources.text import _container_of, parse_messages, split_think
+from mmada.data.sources.text import _container_of, parse_messages
 from mmada.data.specs import CurationSpec, FilterSpec, SourceBase
+from mmada.tokenization.text import split_think
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
