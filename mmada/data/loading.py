@@ -34,7 +34,7 @@ import io
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,10 +100,23 @@ class StreamPlan:
     refs: dict[str, ShardRef] = field(default_factory=dict)
 
 
-def _manifest_digest(root: str) -> str:
+def manifest_digest(root: str) -> str:
+    """sha256 of a shard set's ``manifest.json`` (which pins every shard's sha256)."""
     fs, path = fs_and_path(join(root, "manifest.json"))
     with fs.open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def stream_inputs(streams: Mapping[str, StreamSpec]) -> list[dict[str, Any]]:
+    """What a run reads: one entry per (task, manifest) for MLflow dataset inputs and lineage tags."""
+    out = []
+    for task, spec in streams.items():
+        for root in spec.manifests:
+            m = read_manifest(root.rstrip("/"))
+            out.append({"task": task, "root": root.rstrip("/"), "name": m.name, "kind": m.kind,
+                        "digest": manifest_digest(root.rstrip("/")), "spec_hash": m.spec_hash,
+                        "shards": [s.model_dump() for s in m.shards]})
+    return out
 
 
 def plan_stream(task: str, spec: StreamSpec) -> StreamPlan:
@@ -117,7 +130,7 @@ def plan_stream(task: str, spec: StreamSpec) -> StreamPlan:
                 f"data.streams.{task}.manifests: {root} holds {m.kind!r} samples; a {task} stream reads "
                 f"{list(TASK_KINDS[task])}"
             )
-        manifests.append((root, m, _manifest_digest(root)))
+        manifests.append((root, m, manifest_digest(root)))
         for s in m.shards:
             ref = ShardRef(join(root, s.name), root, s)
             (train if s.split == "train" else val).append(ref)
@@ -427,13 +440,8 @@ class ShardDataModule(L.LightningDataModule):
         self.prepare_plans()
 
     def dataset_inputs(self) -> list[dict[str, Any]]:
-        """What the run reads: one entry per (task, manifest) for MLflow dataset inputs and lineage tags."""
-        out = []
-        for task, plan in self.prepare_plans().items():
-            for root, m, digest in plan.manifests:
-                out.append({"task": task, "root": root, "name": m.name, "kind": m.kind, "digest": digest,
-                            "spec_hash": m.spec_hash, "shards": [s.model_dump() for s in m.shards]})
-        return out
+        """What the run reads (:func:`stream_inputs`)."""
+        return stream_inputs(self.data.streams)
 
     # ------------------------------------------------------------------ loaders
     def train_dataset(self, start_step: int = 0) -> wds.DataPipeline:

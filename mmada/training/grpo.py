@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from mmada.data.images import image_grid
-from mmada.data.loading import make_seed
+from mmada.data.loading import make_seed, stream_inputs
 from mmada.errors import ConfigError
 from mmada.files import save_png, write_json
 from mmada.rl import (
@@ -128,17 +128,7 @@ class GRPOPromptData(L.LightningDataModule):
 
     def dataset_inputs(self) -> list[dict[str, Any]]:
         """What the run reads, one entry per (task, manifest), as the pretrain/SFT data module reports it."""
-        from mmada.data.loading import _manifest_digest
-        from mmada.data.shards import read_manifest
-
-        out = []
-        for task, stream in self.cfg.data.streams.items():
-            for root in stream.manifests:
-                m = read_manifest(root)
-                out.append({"task": task, "root": root, "name": m.name, "kind": m.kind,
-                            "digest": _manifest_digest(root), "spec_hash": m.spec_hash,
-                            "shards": [s.model_dump() for s in m.shards]})
-        return out
+        return stream_inputs(self.cfg.data.streams)
 
     def val_tasks(self) -> list[str]:
         return []  # rewards are the signal; held-out accuracy is the evaluate stage
