@@ -139,15 +139,7 @@ class SequenceBuilder:
                 start = ids.shape[1] - len(r) + 2
                 image_mask[i, start : start + N] = True
             return SequenceBatch(ids, attn, attn.clone(), image_mask)
-        ids, prompt = out
-        image_mask = torch.zeros((B, N + 3 + ids.shape[1]), dtype=torch.bool)
-        image_mask[:, 2 : 2 + N] = True
-        return SequenceBatch(
-            torch.cat([prefix, ids], 1),
-            torch.ones_like(image_mask),
-            torch.cat([torch.ones((B, N + 3), dtype=torch.bool), prompt], 1),
-            image_mask,
-        )
+        return _mmu_rows(prefix, *out)
 
     def chat(
         self, prompts: Sequence[Messages | str], answers: Sequence[str] | None = None, *, max_text_len: int = 256,
@@ -214,19 +206,11 @@ class SequenceBuilder:
         """Understanding rows from ids: ``<|mmu|> <|soi|> img <|eoi|> prompt answer <eos>…`` (= :meth:`mmu`)."""
         sp = self.special
         img = self.image_ids(image_codes)  # (B, N)
-        B, N = img.shape
+        B = img.shape[0]
         if len(prompt_ids) != B:
             raise MMaDAError(f"mmu got {B} images but {len(prompt_ids)} prompts")
         prefix = torch.cat([torch.tensor([[sp.mmu, sp.soi]]).expand(B, 2), img, torch.full((B, 1), sp.eoi)], 1)
-        ids, prompt = self._rows_from_ids(prompt_ids, answer_ids, max_text_len)
-        image_mask = torch.zeros((B, N + 3 + ids.shape[1]), dtype=torch.bool)
-        image_mask[:, 2 : 2 + N] = True
-        return SequenceBatch(
-            torch.cat([prefix, ids], 1),
-            torch.ones_like(image_mask),
-            torch.cat([torch.ones((B, N + 3), dtype=torch.bool), prompt], 1),
-            image_mask,
-        )
+        return _mmu_rows(prefix, *self._rows_from_ids(prompt_ids, answer_ids, max_text_len))
 
     def t2i_from_ids(
         self, caption_ids: Sequence[Sequence[int]], image_codes: torch.Tensor, *, max_text_len: int = 128
@@ -279,3 +263,16 @@ class SequenceBuilder:
             ids[i, : len(row)] = torch.tensor(row)
             prompt[i, : len(p)] = True
         return ids, prompt
+
+
+def _mmu_rows(prefix: torch.Tensor, ids: torch.Tensor, prompt: torch.Tensor) -> SequenceBatch:
+    """Training rows ``prefix ids``: prefix (B, N + 3) = ``<|mmu|> <|soi|> img <|eoi|>``, all of it prompt."""
+    B, N = prefix.shape[0], prefix.shape[1] - 3
+    image_mask = torch.zeros((B, N + 3 + ids.shape[1]), dtype=torch.bool)
+    image_mask[:, 2 : 2 + N] = True
+    return SequenceBatch(
+        torch.cat([prefix, ids], 1),
+        torch.ones_like(image_mask),
+        torch.cat([torch.ones((B, N + 3), dtype=torch.bool), prompt], 1),
+        image_mask,
+    )
