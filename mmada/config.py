@@ -4,8 +4,9 @@ Every config of the platform (data specs, training and image-tokenizer configs, 
 sampler settings) is a pydantic model built on :class:`Strict`, read from YAML, adjusted with
 dotted overrides (values parsed as YAML) and validated here, so a bad value anywhere reads the same:
 
-    cfg = validate(TrainConfig, apply_overrides(read_yaml(path), ["optim.lr=3e-4"]), f"{path}")
-    # ConfigError: configs/x.yaml: optim.lr: Input should be greater than 0 (got -1)
+    cfg = load_config(TrainConfig, "configs/train/tiny_pretrain.yaml", ["optim.lr=3e-4"])
+    cfg = load_config(VQTrainConfig, tiny(), ["trainer.max_steps=200"])   # a config object (a preset)
+    # ConfigError: configs/x.yaml: invalid TrainConfig: optim.lr: Input should be greater than 0 (got -1)
 """
 
 from __future__ import annotations
@@ -126,3 +127,14 @@ def apply_overrides(tree: dict, overrides: list[str] | None, *, error: type[MMaD
         key, value = parse_override(item, error=error)
         set_dotted(tree, key, value, error=error)
     return tree
+
+
+def load_config(cls: type[M], source: str | Path | dict | BaseModel, overrides: list[str] | None = None) -> M:
+    """A YAML file, a dict or a config object (e.g. a preset), with ``key=value`` overrides, validated as ``cls``."""
+    if isinstance(source, BaseModel):
+        tree, where = source.model_dump(mode="json"), f"{type(source).__name__} object"
+    elif isinstance(source, dict):
+        tree, where = source, "config"
+    else:
+        tree, where = read_yaml(source), str(source)
+    return validate(cls, apply_overrides(tree, overrides), f"{where}: invalid {cls.__name__}")

@@ -14,17 +14,16 @@ Overrides are ``dotted.path=value`` with YAML values (``data.streams.t2i.batch_s
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mmada.config import Strict, apply_overrides, read_yaml, validate
+from mmada.config import Strict, load_config, validate
 from mmada.data.streams import DataSpec, Task
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.rl.grpo import GRPOConfig
+from mmada.training.specs import CheckpointSpec, OptimSpec, RunConfig, TrackingSpec, TrainerSpec
 
 Stage = Literal["pretrain", "sft", "grpo"]
 
@@ -72,65 +71,6 @@ class LossSpec(Strict):
     min_masking_rate: float = Field(0.0, ge=0, le=1)
 
 
-class OptimSpec(Strict):
-    """AdamW with the reference's no-decay rule and a cosine schedule with linear warmup."""
-
-    lr: float = Field(1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    no_decay: list[str] = Field(default_factory=lambda: ["bias", "layer_norm.weight", "mlm_ln.weight",
-                                                          "embeddings.weight"])
-    """Parameters whose name contains one of these get no weight decay (the reference's list)."""
-    warmup_steps: int = Field(100, ge=0)
-    min_lr_scale: float = Field(0.0, ge=0, le=1)
-    """Cosine decay from ``lr`` to ``lr · min_lr_scale`` at ``trainer.max_steps``."""
-    scheduler: Literal["cosine", "constant"] = "cosine"
-    max_grad_norm: float | None = Field(1.0, gt=0)
-
-
-class FSDPSpec(Strict):
-    sharding_strategy: Literal["auto", "FULL_SHARD", "HYBRID_SHARD", "SHARD_GRAD_OP", "NO_SHARD"] = "auto"
-    """``auto``: HYBRID_SHARD (shard within a node, replicate across nodes) when num_nodes > 1, else FULL_SHARD."""
-    activation_checkpointing: bool = True
-    """Recompute each transformer block in backward (the same unit as the FSDP wrap)."""
-    state_dict_type: Literal["sharded", "full"] = "sharded"
-    cpu_offload: bool = False
-
-
-class TrainerSpec(Strict):
-    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
-    devices: int | Literal["auto"] = 1
-    """Processes per node (GPUs per node; SLURM ``--ntasks-per-node``)."""
-    num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    """``auto``: single process, or DDP when there are several."""
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
-    """``auto``: ``bf16-mixed`` on GPU, ``32-true`` on CPU."""
-    accumulate_grad_batches: int = Field(1, ge=1)
-    max_steps: int = Field(1000, ge=1)
-    """Optimizer steps of the run (resumed runs stop at the same total)."""
-    log_every_n_steps: int = Field(10, ge=1)
-    val_every_n_steps: int | None = Field(None, ge=1)
-    """Run validation every N optimizer steps (None: only at the end of the run; 0 batches disables it)."""
-    activation_checkpointing: bool = False
-    """Recompute transformer blocks in backward without FSDP (memory for compute)."""
-    fsdp: FSDPSpec = Field(default_factory=FSDPSpec)
-    matmul_precision: Literal["highest", "high", "medium"] = "high"
-    process_group_backend: Literal["nccl", "gloo"] | None = None
-    """Default: nccl on GPU, gloo on CPU."""
-
-
-class CheckpointSpec(Strict):
-    every_n_steps: int = Field(500, ge=1)
-    keep_last: int = Field(2, ge=-1)
-    """Step checkpoints kept besides ``last`` (-1: all)."""
-    resume: str = "auto"
-    """``auto`` (continue from ``<dir>/last.ckpt`` if present), ``never``, or a checkpoint path."""
-    dir: str | None = None
-    """Default: ``<output_dir>/checkpoints``."""
-
-
 class SamplesSpec(Strict):
     """Periodic generations logged as MLflow artifacts (text answers, a grid of generated images)."""
 
@@ -145,25 +85,7 @@ class SamplesSpec(Strict):
     """How the images of ``captions`` are sampled."""
 
 
-class TrackingSpec(Strict):
-    uri: str | None = None
-    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///runs/mlflow.db``."""
-    experiment: str | None = None
-    """Default: ``mmada-<stage>``."""
-    run_name: str | None = None
-    registered_model: str | None = None
-    """Registered model name; default ``mmada-<model size>`` (e.g. ``mmada-tiny``)."""
-    alias: str | None = None
-    """Alias set on the new version; default: the stage (``pretrain`` / ``sft``)."""
-    registry: bool = True
-    """Register the HF export as a new version of ``registered_model`` (with ``alias``)."""
-    log_system_metrics: bool = True
-    system_metrics_interval: float = Field(10.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    """Retries of a failed MLflow call before it is reported and dropped (training never stops for it)."""
-
-
-class TrainConfig(Strict):
+class TrainConfig(RunConfig):
     """Everything one training stage needs."""
 
     name: str = "run"
@@ -181,6 +103,8 @@ class TrainConfig(Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     grpo: GRPOConfig | None = None
     """UniGRPO settings (stage ``grpo`` only): ``mmada.rl.GRPOConfig``, TRL-like field names."""
+
+    HASH_EXCLUDE: ClassVar[dict[str, Any]] = {**RunConfig.HASH_EXCLUDE, "samples": True}
 
     @model_validator(mode="after")
     def _check_stage(self) -> TrainConfig:
@@ -209,10 +133,6 @@ class TrainConfig(Strict):
         return Path(self.output_dir.format(name=self.name, stage=self.stage))
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.out_dir / "checkpoints"
-
-    @property
     def experiment(self) -> str:
         return self.tracking.experiment or f"mmada-{self.stage}"
 
@@ -220,32 +140,9 @@ class TrainConfig(Strict):
     def alias(self) -> str:
         return self.tracking.alias or self.stage
 
-    def flat(self) -> dict[str, str]:
-        """``{"optim.lr": "0.0001", …}``: the config as MLflow params."""
-        return flatten(self.model_dump(mode="json"))
-
-    def config_hash(self) -> str:
-        """sha256 of what decides the result (not where it is logged or resumed from)."""
-        d = self.model_dump(mode="json", exclude={"tracking": True, "output_dir": True, "samples": True,
-                                                  "checkpoint": {"resume", "dir"}})
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------
-# Loading and overrides
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(d, dict) and d:
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, list) and d and any(isinstance(v, (dict, list)) for v in d):
-        for i, v in enumerate(d):
-            out.update(flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = json.dumps(d) if not isinstance(d, str) else d
-    return out
+# Loading
 
 
 def validate_train_config(data: Any, where: str = "config") -> TrainConfig:
@@ -253,9 +150,5 @@ def validate_train_config(data: Any, where: str = "config") -> TrainConfig:
 
 
 def load_train_config(source: str | Path | dict, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML file (or a dict), apply ``key=value`` overrides and validate."""
-    if isinstance(source, dict):
-        data, where = source, "config"
-    else:
-        data, where = read_yaml(source), str(source)
-    return validate_train_config(apply_overrides(data, overrides), where)
+    """A YAML file (or a dict) with ``key=value`` overrides: :func:`mmada.config.load_config` for ``TrainConfig``."""
+    return load_config(TrainConfig, source, overrides)

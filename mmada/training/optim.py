@@ -1,6 +1,6 @@
 """AdamW with the official no-decay rule, and a cosine learning-rate schedule with linear warmup.
 
-Shared by every stage (pretrain, SFT, UniGRPO):
+Shared by every stage (pretrain, SFT, UniGRPO) and the image tokenizer (:mod:`mmada.training.vq`):
 
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.optim, max_steps=cfg.trainer.max_steps)   # step it every optimizer step
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmada.training.config import OptimSpec
+from mmada.training.specs import OptimSpec
 
 
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,

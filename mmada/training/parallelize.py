@@ -21,7 +21,7 @@ from torch import nn
 
 from mmada.errors import ConfigError
 from mmada.models import MMaDABlock
-from mmada.training.config import TrainerSpec
+from mmada.training.specs import TrainerSpec
 
 WRAP_UNITS: set[type[nn.Module]] = {MMaDABlock}
 
