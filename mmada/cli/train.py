@@ -31,12 +31,8 @@ def _train(args: argparse.Namespace) -> int:
     from mmada.training.run import train
 
     result = train(cfg, progress_bar=sys.stderr.isatty())
-    summary = {"global_step": result.global_step, "run_id": result.run_id,
-               "export_dir": str(result.export_dir) if result.export_dir else None,
-               "registered_model": result.registered_model, "model_version": result.model_version,
-               "metrics": result.metrics}
     if result.export_dir is not None:  # only rank 0 reports
-        print(json.dumps(summary))
+        print(json.dumps(result.summary()))
     return 0
 
 

@@ -1,9 +1,10 @@
-"""The model registry: export → registered version with a stage alias, and ``models:/`` → a local dir.
+"""The model registry: export → registered version with an alias, and ``models:/`` → a local dir.
 
-One registered model per size (``mmada-tiny``, ``mmada-8b``); every finished stage adds a version
+One registered model per MMaDA size (``mmada-tiny``, ``mmada-8b``); every finished stage adds a version
 whose artifacts are an HF ``save_pretrained`` directory (safetensors + config + tokenizer files),
 logged under the run as ``hf/``. The stage alias (``pretrain``, ``sft``, ``grpo``) moves to the
-new version; lineage tags say where it came from (:mod:`mmada.tracking.lineage`).
+new version; lineage tags say where it came from (:mod:`mmada.tracking.lineage`). An image tokenizer
+registered by its training run is a version of its own model whose artifacts are ``tokenizer/``.
 
     version = register_export(tracker, "runs/train/x/export", "mmada-tiny", alias="pretrain", tags=...)
     path, info = resolve_model("models:/mmada-tiny@pretrain", cache_dir="runs/train/y/init")
@@ -29,11 +30,12 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ver
 
 
 def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alias: str | None,
-                    tags: dict[str, str] | None = None) -> str | None:
-    """Log ``export_dir`` as the run's ``hf/`` artifacts and register it; returns the version (or None)."""
+                    tags: dict[str, str] | None = None, artifact_path: str = EXPORT_ARTIFACT_PATH,
+                    description: str | None = None) -> str | None:
+    """Log ``export_dir`` as the run's ``artifact_path`` artifacts and register it; returns the version (or None)."""
     if not tracker.online:
         return None
-    if not tracker.log_artifacts(export_dir, EXPORT_ARTIFACT_PATH):
+    if not tracker.log_artifacts(export_dir, artifact_path):
         return None
     client = tracker.client
 
@@ -42,7 +44,7 @@ def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alia
             client.get_registered_model(name)
         except MlflowException:
             try:
-                client.create_registered_model(name, description="MMaDA unified diffusion model (HF format)")
+                client.create_registered_model(name, description=description)
             except MlflowException:  # registered concurrently
                 client.get_registered_model(name)
 
@@ -50,7 +52,7 @@ def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alia
     if not ok:
         return None
     mv = tracker.call("create_model_version", client.create_model_version, name,
-                      f"runs:/{tracker.run_id}/{EXPORT_ARTIFACT_PATH}", run_id=tracker.run_id,
+                      f"runs:/{tracker.run_id}/{artifact_path}", run_id=tracker.run_id,
                       tags={k: str(v) for k, v in (tags or {}).items()})
     if mv is None:
         return None
@@ -67,13 +69,15 @@ def parse_model_uri(uri: str) -> dict[str, str] | None:
 
 def resolve_model(uri: str, *, tracking_uri: str, cache_dir: str | Path,
                   field: str = "model.init") -> tuple[Path, dict[str, Any] | None]:
-    """``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` → (local HF dir, version info); a path → (path, None).
+    """A model directory named by ``uri`` → (local directory, registry version info or None).
 
-    Registry versions are downloaded once into ``cache_dir/NAME-vVERSION`` (temp dir + rename, so
-    concurrent ranks never see half a download).
+    ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (a registered version) is downloaded once into
+    ``cache_dir/NAME-vVERSION``, ``runs:/RUN_ID/PATH`` (a run's artifact folder) into
+    ``cache_dir/run-RUN_ID-PATH`` (temp dir + rename, so concurrent ranks never see half a
+    download); a local directory is returned as it is.
     """
     parsed = parse_model_uri(uri)
-    if parsed is None:
+    if parsed is None and not uri.startswith("runs:/"):
         if uri.startswith("models:/"):
             raise ConfigError(f"{field}: {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
         path = Path(uri)
@@ -82,30 +86,41 @@ def resolve_model(uri: str, *, tracking_uri: str, cache_dir: str | Path,
         return path, None
 
     client = MlflowClient(tracking_uri)
-    name = parsed["name"]
-    try:
-        if "alias" in parsed:
-            mv = client.get_model_version_by_alias(name, parsed["alias"])
-        else:
-            mv = client.get_model_version(name, parsed["version"])
-    except MlflowException as exc:
-        raise ConfigError(f"{field}: cannot resolve {uri!r} in the registry at {tracking_uri}: {exc.message}") from None
-    info = {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-            "alias": parsed.get("alias")}
-    target = Path(cache_dir) / f"{name}-v{mv.version}"
+    if parsed is None:  # runs:/RUN_ID/PATH
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        if not run_id or not path.strip("/"):
+            raise ConfigError(f"{field}: {uri!r} is not runs:/RUN_ID/PATH")
+        info, source = None, uri
+        target = Path(cache_dir) / f"run-{run_id}-{path.strip('/').replace('/', '-')}"
+    else:
+        name = parsed["name"]
+        try:
+            if "alias" in parsed:
+                mv = client.get_model_version_by_alias(name, parsed["alias"])
+            else:
+                mv = client.get_model_version(name, parsed["version"])
+        except MlflowException as exc:
+            raise ConfigError(f"{field}: cannot resolve {uri!r} in the registry at {tracking_uri}: {exc.message}") from None
+        info = {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
+                "alias": parsed.get("alias")}
+        source = mv.source
+        target = Path(cache_dir) / f"{name}-v{mv.version}"
     if (target / "config.json").is_file():
         return target, info
     with atomic_dir(target, replace=False) as tmp:  # another rank may finish first: keep its copy
         # Download through the version's own source: `models:/` URIs would be resolved against the
         # process-wide registry URI, not `tracking_uri`.
-        if mv.source.startswith("runs:/"):
-            run_id, _, path = mv.source[len("runs:/"):].partition("/")
-            local = Path(client.download_artifacts(run_id, path, str(tmp)))
-        else:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                             tracking_uri=tracking_uri))
+        try:
+            if source.startswith("runs:/"):
+                run_id, _, path = source[len("runs:/"):].partition("/")
+                local = Path(client.download_artifacts(run_id, path, str(tmp)))
+            else:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
+                                                                 tracking_uri=tracking_uri))
+        except MlflowException as exc:
+            raise ConfigError(f"{field}: cannot download {uri!r} from {tracking_uri}: {exc.message}") from None
         if not (local / "config.json").is_file():
-            raise ConfigError(f"{field}: {uri!r} (version {mv.version}) holds no config.json: not an HF export")
+            raise ConfigError(f"{field}: {uri!r} ({source}) holds no config.json: not a model export")
         if local != tmp:  # the artifact folder's files become the cache entry itself
             for f in list(local.iterdir()):
                 f.rename(tmp / f.name)

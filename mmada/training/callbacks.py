@@ -221,7 +221,7 @@ class SampleCallback(Callback):
 
 
 class TrackingCallback(Callback):
-    """Rank 0 starts (or re-attaches to) the MLflow run; every rank learns its id.
+    """Rank 0 starts (or re-attaches to) the MLflow run when the trainer first starts; every rank learns its id.
 
     Run id precedence: ``$MLFLOW_RUN_ID`` (a launcher created the run), the run recorded in
     ``<output_dir>/mlflow_run.json`` when resuming, else a new run. Logs the full config as
@@ -238,6 +238,7 @@ class TrackingCallback(Callback):
         self.inputs = inputs
         self.run_id: str | None = None
         self._monitor = None
+        self._opened = False
 
     @property
     def run_file(self) -> Path:
@@ -258,7 +259,11 @@ class TrackingCallback(Callback):
         return t.start_run(self.cfg.experiment, run_name=self.cfg.tracking.run_name or self.cfg.name,
                            tags=self.tags, artifact_location=artifact_root_for(t.tracking_uri))
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Open the run when the trainer first starts (a fit, or the step-0 baseline validation before it)."""
+        if self._opened:
+            return
+        self._opened = True
         run_id = None
         if trainer.is_global_zero:
             run_id = self._start_run()

@@ -7,10 +7,13 @@ Decisions made here, once:
 * precision ``auto`` = ``bf16-mixed`` on GPU (fp32 master weights) and ``32-true`` on CPU;
 * the strategy comes from :func:`mmada.training.parallelize.build_strategy` (DDP, or FSDP with the
   block as wrap/checkpoint unit and HYBRID_SHARD across nodes);
-* data are WebDataset iterables: no distributed sampler, and the loader is rebuilt every epoch
-  so the stream is re-seeded from the current step;
+* data modules split the data across ranks themselves (WebDataset iterables; the image
+  tokenizer's ``DistributedSampler``): Lightning adds no sampler, and rebuilds the loaders every
+  epoch so they are re-seeded from the current step or epoch;
 * validation runs every ``trainer.val_every_n_steps`` optimizer steps (never by epoch), plus once
-  at the end of the run (``mmada.training.run``); gradients are clipped by global norm.
+  at the end of the run (:mod:`mmada.training.harness`);
+* gradients are clipped by global norm (``optim.max_grad_norm``) by the Trainer, or by the module
+  itself when it optimises manually (Lightning refuses ``gradient_clip_val`` then).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from mmada.training.config import TrainConfig
 from mmada.training.parallelize import build_strategy
+from mmada.training.specs import RunConfig
 
 
 def resolve_accelerator(name: str) -> str:
@@ -34,10 +37,11 @@ def resolve_precision(name: str, accelerator: str) -> str:
     return name
 
 
-def build_trainer(cfg: TrainConfig, *, logger=None, callbacks=None, progress_bar: bool = False,
-                  **overrides) -> L.Trainer:
+def build_trainer(cfg: RunConfig, *, logger=None, callbacks=None, progress_bar: bool = False,
+                  manual_optimization: bool = False, **overrides) -> L.Trainer:
     """The Trainer for ``cfg``; ``overrides`` are passed to ``L.Trainer`` last (benchmarks, tests)."""
     t = cfg.trainer
+    clip = None if manual_optimization else cfg.optim.max_grad_norm
     accelerator = resolve_accelerator(t.accelerator)
     total_batches = t.max_steps * t.accumulate_grad_batches
     val_every = t.val_every_n_steps * t.accumulate_grad_batches if t.val_every_n_steps else total_batches + 1
@@ -50,8 +54,8 @@ def build_trainer(cfg: TrainConfig, *, logger=None, callbacks=None, progress_bar
         max_steps=t.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.max_grad_norm,
-        gradient_clip_algorithm="norm" if cfg.optim.max_grad_norm else None,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm="norm" if clip else None,
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
