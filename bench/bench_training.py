@@ -56,7 +56,7 @@ def curated_batches(workdir: Path, n: int, num_vq_tokens: int, tokenizer) -> lis
     from mmada.data.loading import ShardDataModule
     from mmada.data.specs import load_spec
     from mmada.models.vq import MAGVITv2
-    from mmada.vq.presets import TINY_MODEL
+    from mmada.training.vq import TINY_MODEL
 
     repo = Path(__file__).resolve().parents[1]
     torch.manual_seed(0)

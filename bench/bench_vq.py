@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmada.models.vq import MAGVITv2, VQConfig
-from mmada.vq.presets import TINY_MODEL
+from mmada.training.vq import TINY_MODEL
 
 
 @dataclass

@@ -42,7 +42,7 @@ from mmada.pipeline.launch import LaunchSpec, launch
 from mmada.pipeline.params import EvalParams, PipelineParams, TokenizerParams, dump_params
 from mmada.pipeline.steps import StageContext, StageOutputs, run_evaluate, run_tokenizer, run_train, run_vq
 from mmada.training.config import TrainConfig
-from mmada.vq.config import VQTrainConfig
+from mmada.training.vq import VQTrainConfig
 
 StageName = Literal[S.STAGE_NAMES]  # type: ignore[valid-type]
 LOCAL = LaunchSpec()  # defaults of the run forms (module-level: never mutated)

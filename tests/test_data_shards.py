@@ -206,9 +206,8 @@ def test_vq_pretokenisation_stores_codes(tmp_path):
     import torch
     from PIL import Image
 
-    from mmada.models.vq import MAGVITv2
-    from mmada.vq.presets import TINY_MODEL
-    from mmada.vq.pretokenize import encode_images
+    from mmada.models.vq import MAGVITv2, encode_images
+    from mmada.training.vq import TINY_MODEL
 
     torch.manual_seed(0)
     MAGVITv2(TINY_MODEL).save_pretrained(tmp_path / "vq")  # random weights: the codes only need to be consistent

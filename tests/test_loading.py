@@ -102,11 +102,12 @@ def test_rows_match_the_shards(data, tok):
 
 def test_codes_computed_on_the_fly(data, tok):
     """PNG-only shards: the batch carries pixels, the module writes encode_images(png) into the image slots."""
+    from mmada.data.vq import load_tokenizer_model
     from mmada.models import MMaDAConfig
+    from mmada.models.vq import encode_images
     from mmada.tokenization import SpecialTokenIds
     from mmada.training.config import load_train_config
     from mmada.training.module import DiffusionModule
-    from mmada.vq.pretokenize import encode_images, load_tokenizer_model
     from tests.test_training_support import tiny_config
 
     d = spec(streams={"t2i": {"manifests": [data["shapes"]], "batch_size": 3, "max_text_len": 16},

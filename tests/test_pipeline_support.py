@@ -32,7 +32,8 @@ def tiny_params(steps: int = 4) -> dict:
         d["curate"][name]["sources"][0]["n"] = n
         d["curate"][name]["shards"] = {"max_samples": 60}
     d["curate"]["digits"]["shards"] = {"max_samples": 1000}
-    d["vq"].update(max_steps=3, val_every=3, log_every=1)
+    d["vq"]["trainer"].update(max_steps=3, val_every_n_steps=3, log_every_n_steps=1)
+    d["vq"]["tracking"]["log_system_metrics"] = False
     d["vq"]["data"].update(num_train=64, num_val=16, batch_size=16)
     for stage in ("pretrain", "sft", "grpo"):
         if not d.get(stage):

@@ -49,7 +49,7 @@ def curated_data(tmp_path_factory) -> dict[str, str]:
         from mmada.data.curate import curate
         from mmada.data.specs import load_spec
         from mmada.models.vq import MAGVITv2
-        from mmada.vq.presets import TINY_MODEL
+        from mmada.training.vq import TINY_MODEL
 
         torch.manual_seed(0)
         MAGVITv2(TINY_MODEL).save_pretrained(root / "vq")  # untrained, but a real tokenizer

@@ -12,11 +12,11 @@ from mmada.models.vq import (
     MAGVITv2,
     TokenizerInputError,
     VQConfig,
+    encode_images,
     images_to_tensor,
     load_image,
     tensor_to_images,
 )
-from mmada.vq.pretokenize import encode_images
 
 SMALL = VQConfig(ch=8, ch_mult=(1, 1, 1), num_res_blocks=(1, 1, 1), dec_ch_mult=(1, 1, 1), dec_num_res_blocks=(1, 1, 1),
                  attn_resolutions=(), resolution=16, z_channels=5, norm_groups=4)

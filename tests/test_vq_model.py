@@ -315,7 +315,7 @@ def _cached_official_dir():
 @pytest.mark.slow
 @pytest.mark.skipif(_cached_official_dir() is None, reason="showlab/magvitv2 is not in the local Hugging Face cache")
 def test_real_official_weights_reconstruct_an_image():
-    from mmada.vq.data import shapes_images
+    from mmada.data.vq import shapes_images
 
     model = MAGVITv2.from_pretrained(_cached_official_dir())
     x = model.preprocess(shapes_images(1, seed=0, image_size=256), resolution=256)

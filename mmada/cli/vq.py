@@ -1,7 +1,7 @@
 """``mmada vq`` subcommands: train a tokenizer, encode images into codes.
 
     mmada vq train --preset tiny                                # ~minutes on a 2-core CPU
-    mmada vq train --config configs/vq/tiny.yaml --set max_steps=500 --set optim.lr=1e-3
+    mmada vq train --config configs/vq/tiny.yaml --set trainer.max_steps=500 --set optim.lr=1e-3
     mmada vq encode runs/vq/tiny/tokenizer img_dir/ a.png --output codes.npz [--resolution 32]
 """
 
@@ -18,12 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser("train", help="train a tokenizer; exports <output_dir>/tokenizer (safetensors)")
     src = train.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, help="named recipe: tiny (default) or official")
+    src.add_argument("--preset", default=None, choices=["tiny", "official"],
+                     help="named recipe: tiny (default) or official (mmada.training.vq.PRESETS)")
     src.add_argument("--config", default=None, help="YAML training config (see configs/vq/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set max_steps=500 (repeatable)")
+                       help="override a config field, e.g. --set trainer.max_steps=500 (repeatable)")
     train.add_argument("--output-dir", default=None, help="shortcut for --set output_dir=…")
-    train.add_argument("--max-steps", type=int, default=None, help="shortcut for --set max_steps=…")
+    train.add_argument("--max-steps", type=int, default=None, help="shortcut for --set trainer.max_steps=…")
     train.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./runs)")
     train.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
     train.set_defaults(func=cmd_train)
@@ -40,35 +41,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mmada.vq.config import load_train_config
-    from mmada.vq.train import result_summary, train_tokenizer
+    from mmada.config import load_config
+    from mmada.training.vq import PRESETS, VQTrainConfig, train_tokenizer
 
     overrides = list(args.overrides)
     if args.output_dir is not None:
         overrides.append(f"output_dir={args.output_dir}")
     if args.max_steps is not None:
-        overrides.append(f"max_steps={args.max_steps}")
+        overrides.append(f"trainer.max_steps={args.max_steps}")
     if args.tracking_uri is not None:
-        overrides.append(f"tracking_uri={args.tracking_uri}")
-    cfg = load_train_config(args.config or args.preset or "tiny", overrides)
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    cfg = load_config(VQTrainConfig, args.config or PRESETS[args.preset or "tiny"](), overrides)
     result = train_tokenizer(cfg, progress_bar=args.progress)
-    summary = result_summary(result)
-    print(json.dumps({k: summary[k] for k in ("export_dir", "run_id", "steps", "train_seconds", "initial_val", "final_val")},
-                     indent=2))
+    if result.export_dir is not None:  # only rank 0 reports
+        print(json.dumps(result.summary()))
     return 0
 
 
 def _expand(inputs: list[str]) -> list[Path]:
+    from mmada.data.sources.vision import IMAGE_EXTS
     from mmada.errors import MMaDAError
-    from mmada.vq.data import IMAGE_SUFFIXES
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
             if not found:
-                raise MMaDAError(f"{p}: directory holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise MMaDAError(f"{p}: directory holds no image files ({', '.join(IMAGE_EXTS)})")
             files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -78,8 +78,8 @@ def _expand(inputs: list[str]) -> list[Path]:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from mmada.models.vq import load_image
-    from mmada.vq.pretokenize import encode_images, load_tokenizer_model, save_codes
+    from mmada.data.vq import load_tokenizer_model
+    from mmada.models.vq import encode_images, load_image, save_codes
 
     files = _expand(args.inputs)
     model = load_tokenizer_model(args.model)

@@ -427,7 +427,7 @@ def _shard_entry(spec: CurationSpec, split: str, index: int, items: list[tuple[i
 
 def _vq_encode(spec: CurationSpec, pngs: list[bytes]) -> np.ndarray:
     """(N, h*w) codes (int16/int32) of RGB PNGs with the spec's image tokenizer."""
-    from mmada.vq.pretokenize import encode_images
+    from mmada.models.vq import encode_images
 
     model = _vq_model(spec.vq.model)
     images = [Image.fromarray(decode_png_rgb(p)) for p in pngs]  # RGB, any size (resized by encode_images)
@@ -438,7 +438,7 @@ def _vq_encode(spec: CurationSpec, pngs: list[bytes]) -> np.ndarray:
 def _vq_model(name: str):
     """The image tokenizer, loaded once per process and name (a retrained one changes the fingerprint)."""
     if name not in _VQ_MODELS:
-        from mmada.vq.pretokenize import load_tokenizer_model
+        from mmada.data.vq import load_tokenizer_model
 
         _VQ_MODELS[name] = load_tokenizer_model(name)
     return _VQ_MODELS[name]
@@ -449,7 +449,7 @@ _VQ_MODELS: dict[str, Any] = {}
 
 def vq_fingerprint(name: str) -> str:
     """sha256 of the image tokenizer's config and weights (so retraining it invalidates cached shards)."""
-    from mmada.vq.pretokenize import load_tokenizer_model
+    from mmada.data.vq import load_tokenizer_model
 
     model = load_tokenizer_model(name)  # fresh: the weights on disk now
     _VQ_MODELS[name] = model

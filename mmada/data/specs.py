@@ -280,7 +280,7 @@ class VQSpec(Strict):
     """Optional pre-tokenisation of images with the MAGVIT-v2 tokenizer (``codes.npy`` members)."""
 
     enabled: bool = False
-    model: str = Field("tiny", description="Tokenizer: a checkpoint dir, 'tiny', 'official', models:/… (mmada.vq)")
+    model: str = Field("tiny", description="Tokenizer: a checkpoint dir, 'tiny', 'official', models:/… (mmada.data.vq.load_tokenizer_model)")
     resolution: int | None = Field(None, ge=8)
     mode: Literal["crop", "squash", "none"] = Field("crop", description="resize mode of encode_images")
     batch_size: int = Field(64, ge=1)

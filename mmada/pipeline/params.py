@@ -5,7 +5,7 @@ Each section *is* the stage's own pydantic config, so the same model validates `
 
     tokenizer          TokenizerParams     (this module)
     curate.<dataset>   CurationSpec        (mmada.data.specs; data_specs/<dataset>.yaml + demo sizes)
-    vq                 VQTrainConfig       (mmada.vq.config;  configs/vq/tiny.yaml + demo steps)
+    vq                 VQTrainConfig       (mmada.training.vq;  configs/vq/tiny.yaml + demo steps)
     pretrain/sft/grpo  TrainConfig         (mmada.training.config; configs/train/tiny_*.yaml + demo steps)
     evaluate           EvalParams          (this module)
 
@@ -23,14 +23,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from mmada.config import Strict, read_yaml, validate
+from mmada.config import Strict, load_config, read_yaml, validate
 from mmada.data.specs import CurationSpec
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import ConfigError
 from mmada.files import write_text
 from mmada.pipeline.stages import DATASETS, PARAMS_FILE, TOKENIZER_DIR, VQ_DIR, VQ_OUTPUT_DIR, data_dir
 from mmada.training.config import STAGE_TASKS, TrainConfig
-from mmada.vq.config import VQTrainConfig
+from mmada.training.vq import VQTrainConfig
 
 
 def grpo_available() -> bool:
@@ -148,7 +148,8 @@ DEMO_OVERRIDES: dict[str, list[str]] = {
     "curate.shapes": ["sources.0.n=1000", "shards.max_samples=500"],
     "curate.shapes_vqa": ["sources.0.n=300", "shards.max_samples=500"],
     "curate.digits": [],
-    "vq": ["max_steps=600", "val_every=600", "data.num_train=4096", "data.num_val=128", f"output_dir={VQ_OUTPUT_DIR}"],
+    "vq": ["trainer.max_steps=600", "trainer.val_every_n_steps=600", "data.num_train=4096", "data.num_val=128",
+           f"output_dir={VQ_OUTPUT_DIR}"],
     "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=400", "trainer.val_every_n_steps=400", "optim.warmup_steps=30"],
     "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=250", "trainer.val_every_n_steps=250", "optim.warmup_steps=20"],
     "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0", "trainer.max_steps=8",
@@ -185,7 +186,6 @@ def default_params(root: str | Path = ".", profile: str = "demo") -> PipelinePar
     overrides = PROFILES[profile]
     from mmada.data.specs import load_spec
     from mmada.training.config import load_train_config
-    from mmada.vq.config import load_train_config as load_vq_config
 
     root = Path(root)
     curate = {}
@@ -193,7 +193,7 @@ def default_params(root: str | Path = ".", profile: str = "demo") -> PipelinePar
         spec = load_spec(root / f"data_specs/{name}.yaml",
                          [*overrides[f"curate.{name}"], f"tokenizer={TOKENIZER_DIR}", f"output={data_dir(name)}"])
         curate[name] = spec
-    vq = load_vq_config(root / BASE_CONFIGS["vq"], overrides["vq"])
+    vq = load_config(VQTrainConfig, root / BASE_CONFIGS["vq"], overrides["vq"])
     train = {s: load_train_config(root / BASE_CONFIGS[s], overrides[s]) for s in ("pretrain", "sft")}
     grpo = None
     if grpo_available() and (root / BASE_CONFIGS["grpo"]).is_file():

@@ -57,6 +57,9 @@ def plot_file(stage: str) -> str:
 
 # Code whose change must re-run a stage (directories are hashed by DVC; .dvcignore drops caches).
 _TRAIN_CODE = ["mmada/training", "mmada/models", "mmada/diffusion", "mmada/data/loading.py"]
+# The image tokenizer's training: its module, config and images, and the harness it runs on.
+_VQ_CODE = ["mmada/training/vq", "mmada/training/harness.py", "mmada/training/specs.py", "mmada/training/callbacks.py",
+            "mmada/training/trainer.py", "mmada/training/optim.py", "mmada/data/vq.py"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def _build() -> list[Stage]:
             upstream=("tokenizer",), extra={"dataset": name}))
     stages.append(Stage(
         "vq", "vq", "Train the tiny MAGVIT-v2 image tokenizer (32x32 -> 8x8 codes)",
-        params=("vq",), deps=("mmada/vq", "mmada/models/vq"), outs=(VQ_DIR,),
+        params=("vq",), deps=(*_VQ_CODE, "mmada/models/vq"), outs=(VQ_DIR,),
         metrics=(metrics_file("vq"),), plots=(Plot(plot_file("vq"), "step", "train_loss", "image tokenizer loss"),)))
     stages.append(Stage(
         "pretrain", "train", "Stage 1: t2i + LM + captioning pretraining; registers mmada-tiny@pretrain",

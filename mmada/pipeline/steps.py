@@ -202,7 +202,11 @@ def _progress_poller(ctx: StageContext, run_id_fn, max_steps: int):
 
 def run_vq(cfg, ctx: StageContext, *, stage: str = "vq", out_dir: str = S.VQ_OUTPUT_DIR) -> dict[str, Any]:
     run_name = f"{cfg.name}-{_stamp()}"
-    cfg = cfg.model_copy(update={"name": run_name, "output_dir": out_dir, "tracking_uri": ctx.tracking_uri})
+    # Same config -> same checkpoint folder (a crashed run resumes); another config starts fresh.
+    ckpt_dir = f"{out_dir}/checkpoints/{cfg.config_hash()[:12]}"
+    cfg = cfg.model_copy(update={
+        "output_dir": out_dir, "checkpoint": cfg.checkpoint.model_copy(update={"dir": ckpt_dir}),
+        "tracking": cfg.tracking.model_copy(update={"uri": ctx.tracking_uri, "run_name": run_name})})
     work = ctx.outputs.work(stage, run_name)
     cfg_path = _write_yaml(work / "config.yaml", cfg.model_dump(mode="json"))
     found: dict[str, str] = {}
@@ -217,12 +221,12 @@ def run_vq(cfg, ctx: StageContext, *, stage: str = "vq", out_dir: str = S.VQ_OUT
         return found.get("id")
 
     T.ensure_store(ctx.tracking_uri)
-    ctx.reporter.progress(0.0, f"launching `mmada vq train` ({ctx.launch.kind}), {cfg.max_steps} steps")
+    ctx.reporter.progress(0.0, f"launching `mmada vq train` ({ctx.launch.kind}), {cfg.trainer.max_steps} steps")
     export = Path(out_dir) / "tokenizer"
     try:
         launch(ctx.launch, ["vq", "train", "--config", str(cfg_path.resolve())], workdir=work,
                job_name=f"mmada-{stage}", env=_job_env(ctx), on_line=ctx.reporter.line,
-               poll=_progress_poller(ctx, run_id, cfg.max_steps))
+               poll=_progress_poller(ctx, run_id, cfg.trainer.max_steps))
     except BaseException:
         if run_id():
             T.end_run(ctx.tracking_uri, found["id"], "FAILED")

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 
 from mmada.data.loading import make_seed
+from mmada.data.vq import load_tokenizer_model
 from mmada.diffusion import unified_loss
 from mmada.errors import ConfigError
 from mmada.files import write_json
@@ -100,9 +101,7 @@ class MMaDAModule(L.LightningModule):
             name = self.cfg.data.image_tokenizer
             if name is None:
                 raise ConfigError("data.image_tokenizer: a batch needs image codes computed on the fly, but none is set")
-            from mmada.vq.pretokenize import load_tokenizer_model
-
-            vq = load_tokenizer_model(name).eval().requires_grad_(False)
+            vq = load_tokenizer_model(name, tracking_uri=self.cfg.tracking.uri).eval().requires_grad_(False)
             if vq.codebook_size > self.model_config.codebook_size:
                 raise ConfigError(f"data.image_tokenizer {name!r} has {vq.codebook_size} codes but the model's "
                                   f"codebook_size is {self.model_config.codebook_size}")
