@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -58,6 +57,7 @@ from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.inference import LoadedModel, load_checkpoint
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SequenceBuilder, load_text_tokenizer
+from mmada.training.optim import lr_factor
 
 GEN, BLOCK = 256, 32
 THRESHOLD = 0.9
@@ -103,8 +103,9 @@ def sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------
 # the accuracy model: tiny preset trained on built-in arithmetic, cached on disk
 
+# version 2: the platform's LR schedule (mmada.training.optim.lr_factor: linear warmup, then cosine to 0)
 RECIPE = dict(preset="tiny", steps=500, batch=16, lr=2e-3, difficulty=1, max_operand=4, short_len=56,
-              long_every=4, long_batch=4, long_len=40 + GEN, seed=0, version=1)
+              long_every=4, long_batch=4, long_len=40 + GEN, seed=0, version=2)
 
 
 def train_arithmetic_model(cache_dir: Path, recipe: dict = RECIPE, device: str = "cpu") -> Path:
@@ -130,7 +131,7 @@ def train_arithmetic_model(cache_dir: Path, recipe: dict = RECIPE, device: str =
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01, betas=(0.9, 0.95))
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        opt, lambda s: lr_factor(s, warmup=warm, max_steps=steps, min_lr_scale=0.0))
     gen = torch.Generator().manual_seed(recipe["seed"])
     model.train()
     t0 = time.time()
