@@ -21,10 +21,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from pydantic import TypeAdapter, ValidationError
 
+from mmada.config import format_errors
 from mmada.data.loading import ShardDataModule
-from mmada.errors import ConfigError
-from mmada.files import atomic_dir
+from mmada.errors import ConfigError, MMaDAError
+from mmada.files import atomic_dir, write_text
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SpecialTokenIds, check_vocab, load_text_tokenizer
 from mmada.tracking import default_tracking_uri
@@ -63,6 +65,26 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     tokens_per_s: list[float] = field(default_factory=list)
     checkpoint_dir: Path | None = None
+
+
+_RESULT = TypeAdapter(TrainResult)
+
+
+def write_result(path: str | os.PathLike, result: TrainResult) -> Path:
+    """The job's result file (``mmada train --result-file``): the :class:`TrainResult` as JSON, written
+    atomically, for the pipeline watcher that launched the job."""
+    return write_text(path, _RESULT.dump_json(result, indent=1).decode() + "\n")
+
+
+def read_result(path: str | os.PathLike) -> TrainResult:
+    """The :class:`TrainResult` a job wrote with :func:`write_result`; raises naming the path and the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise MMaDAError(f"{p}: no training result file (the job ended without writing one)")
+    try:
+        return _RESULT.validate_json(p.read_bytes())
+    except ValidationError as exc:
+        raise MMaDAError(f"{p}: not a training result: {format_errors(exc)}") from None
 
 
 @dataclass
