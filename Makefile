@@ -31,13 +31,16 @@ demo: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mmada serve
 
-# Tests use tiny models: one torch thread per process is fastest and steadiest on 2 cores.
+# ruff, the import-layer contract (pyproject.toml [tool.importlinter]: a layer never imports one above
+# it), then the tests. Tests use tiny models: one torch thread per process is fastest and steadiest on 2 cores.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 
 clean:

@@ -1,9 +1,9 @@
 """Prefect artifacts for pipeline stages: a progress bar, the MLflow run link, summaries, tables.
 
 :class:`PrefectReporter` implements :class:`mmada.pipeline.report.Reporter` for code that runs in
-a flow or task run (artifacts attach to it); :func:`follow_stage_output` turns the console lines
-of a stage subprocess (``[sft]  45% step 90/200 …``, ``[sft] MLflow run: http://…``) into the same
-artifacts, so the ``pipeline`` flow shows live progress of stages it runs as subprocesses.
+a flow or task run (artifacts attach to it). The ``pipeline`` flow also replays into it the typed
+events a stage subprocess writes (:mod:`mmada.pipeline.events`), so it shows the live progress of
+the stages it runs as subprocesses; their console output goes to the run's log as it is.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from mmada.pipeline.report import parse_progress
-
-LINK_RE = re.compile(r"^\[(?P<stage>[A-Za-z0-9_-]+)\] (?P<text>MLflow run): (?P<url>https?://\S+)$")
-
 
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes."""
@@ -33,10 +29,15 @@ def artifact_key(*parts: str) -> str:
 
 
 class PrefectReporter:
-    """Reporter whose calls become artifacts of the current flow/task run (safe from a reader thread)."""
+    """Reporter whose calls become artifacts of the current flow/task run (safe from a reader thread).
 
-    def __init__(self, stage: str, *, min_interval: float = 2.0) -> None:
+    Progress and links are also logged, unless ``log_events`` is off (a stage subprocess whose console
+    lines, which say the same, go to the log already).
+    """
+
+    def __init__(self, stage: str, *, min_interval: float = 2.0, log_events: bool = True) -> None:
         self.stage = stage
+        self.log_events = log_events
         self.log = get_run_logger()
         self.min_interval = min_interval
         self._lock = threading.Lock()
@@ -50,7 +51,7 @@ class PrefectReporter:
         with self._lock:
             update_progress_artifact(self._progress_id, progress=pct)
             now = time.monotonic()
-            if pct >= 100 or now - self._last >= self.min_interval:
+            if self.log_events and (pct >= 100 or now - self._last >= self.min_interval):
                 self._last = now
                 self.log.info("[%s] %d%% %s", self.stage, int(pct), message)
 
@@ -61,7 +62,8 @@ class PrefectReporter:
             self._links.add(url)
         create_link_artifact(url, link_text=f"{text} ({self.stage})", key=artifact_key(self.stage, "mlflow-run"),
                              description=f"The MLflow run of stage {self.stage}")
-        self.log.info("[%s] %s: %s", self.stage, text, url)
+        if self.log_events:
+            self.log.info("[%s] %s: %s", self.stage, text, url)
 
     def markdown(self, text: str, description: str) -> None:
         create_markdown_artifact(text, key=artifact_key(self.stage, "summary"), description=description)
@@ -73,17 +75,3 @@ class PrefectReporter:
     def line(self, text: str) -> None:
         if text.strip():
             self.log.info("%s", text)
-
-
-def follow_stage_output(reporter: PrefectReporter):
-    """A line callback for a stage subprocess: progress and link lines → artifacts, the rest → the log."""
-
-    def on_line(line: str) -> None:
-        if (p := parse_progress(line)) is not None:
-            reporter.progress(p[1], p[2])
-        elif (m := LINK_RE.match(line.strip())) is not None:
-            reporter.link(m["url"], m["text"])
-        else:
-            reporter.line(line)
-
-    return on_line

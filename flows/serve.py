@@ -7,7 +7,7 @@ Deployments (flow/deployment), defaults from ``params.yaml``:
 
     pipeline/tiny              the whole pipeline (each stage a subprocess task)
     tokenizer/builtin          curate/<dataset> (4)          vq-train/tiny
-    train/pretrain  train/sft  train/grpo (once the build has it)
+    train/pretrain  train/sft  train/grpo
     evaluate/tiny
 
 Flow runs execute in subprocesses of this process, in the current directory (the project root).
@@ -59,7 +59,7 @@ def deployment_specs(params_path: str = S.PARAMS_FILE) -> list[tuple[Any, str, d
         *[(curate_flow, n, d[f"curate-{n}"], f"Curate the built-in {n} spec into runs/data/{n}.")
           for n in S.DATASETS],
         (vq_flow, "tiny", d["vq-train"], DESCRIPTIONS["vq-train"]),
-        *[(train_flow, s, d[f"train-{s}"], DESCRIPTIONS[f"train-{s}"]) for s in S.TRAIN_STAGES if f"train-{s}" in d],
+        *[(train_flow, s, d[f"train-{s}"], DESCRIPTIONS[f"train-{s}"]) for s in S.TRAIN_STAGES],
         (evaluate_flow, "tiny", d["evaluate"], DESCRIPTIONS["evaluate"]),
     ]
     return specs

@@ -1,7 +1,9 @@
 """Prefect flows for every pipeline stage, plus ``pipeline`` (all of them, each as a subprocess task).
 
 Parameters are the stages' pydantic configs, so the Prefect UI's "Run → Custom run" renders
-validated forms (descriptions, bounds, choices) and the API rejects a bad value naming the field:
+validated forms (descriptions, bounds, choices) and the API rejects a bad value naming the field.
+The forms start from the resolved configs of ``params.yaml`` (the config files it names, with what it
+changes in them merged in):
 
     tokenizer(params: TokenizerParams)                      the text tokenizer → runs/tokenizer
     vq-train(config: VQTrainConfig, launch: LaunchSpec)     the image tokenizer
@@ -27,20 +29,40 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from flows.reporting import PrefectReporter, follow_stage_output
+from flows.reporting import PrefectReporter
 from mmada.errors import MMaDAError
-from mmada.files import write_json, write_text
+from mmada.files import write_json
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
+from mmada.pipeline.context import StageContext, StageOutputs
+from mmada.pipeline.evaluate import eval_rows, run_evaluate
+from mmada.pipeline.events import EVENTS_ENV, EventFollower
 from mmada.pipeline.launch import LaunchSpec, launch
-from mmada.pipeline.params import EvalParams, PipelineParams, TokenizerParams, dump_params
-from mmada.pipeline.steps import StageContext, StageOutputs, run_evaluate, run_tokenizer, run_train, run_vq
+from mmada.pipeline.params import (
+    EvalParams,
+    PipelineParams,
+    TokenizerParams,
+    load_params,
+    params_dict,
+    write_resolved,
+)
+from mmada.pipeline.prepare import run_tokenizer
+from mmada.pipeline.summary import collect, render
+from mmada.pipeline.train import run_train
+from mmada.pipeline.vq import run_vq
+from mmada.tracking.registry import parse_model_uri
 from mmada.training.config import TrainConfig
 from mmada.training.vq import VQTrainConfig
 
@@ -106,13 +128,9 @@ def train_flow(config: TrainConfig, launch: LaunchSpec = LOCAL) -> dict[str, Any
 def evaluate_flow(params: EvalParams = DEFAULT_EVAL, model: ModelURI = "models:/mmada-tiny@sft",
                   image_tokenizer: str = S.VQ_DIR) -> dict[str, Any]:
     """Evaluate a registered model: math, image understanding, text-to-image, tokenizer reconstructions."""
-    from mmada.tracking.registry import parse_model_uri
-
     ctx = _ctx("evaluate", outputs=run_folder())
     parsed = parse_model_uri(model)
     c = T.client(ctx.tracking_uri)
-    from mlflow.exceptions import MlflowException
-
     try:
         mv = (c.get_model_version_by_alias(parsed["name"], parsed["alias"]) if "alias" in parsed
               else c.get_model_version(parsed["name"], parsed["version"]))
@@ -130,37 +148,20 @@ def evaluate_flow(params: EvalParams = DEFAULT_EVAL, model: ModelURI = "models:/
 # the whole pipeline
 
 
-def _stage_artifacts(stage: S.Stage, reporter: PrefectReporter) -> None:
-    """After a stage subprocess: its shard table / metrics as artifacts (read from its outputs)."""
-    if stage.kind == "curate":
-        m = json.loads((Path(S.data_dir(stage.extra["dataset"])) / "manifest.json").read_text())
-        rows = [{"shard": s["name"], "split": s["split"], "samples": s["count"], "bytes": s["bytes"],
-                 "sha256": s["sha256"]} for s in m["shards"]]
-        reporter.table(rows, f"Shards of {m['name']} at {S.data_dir(stage.extra['dataset'])}")
-    for path in stage.metrics:
-        metrics = json.loads(Path(path).read_text())
-        flat = [{"metric": f"{k}.{kk}" if isinstance(v, dict) else k, "value": vv}
-                for k, v in metrics.items() for kk, vv in (v.items() if isinstance(v, dict) else [("", v)])]
-        lines = [f"### {stage.name}", "", "| metric | value |", "|---|---|",
-                 *[f"| {r['metric'].rstrip('.')} | {r['value']} |" for r in flat]]
-        for ref_path in stage.refs:
-            if ref_path.endswith(".json") and Path(ref_path).is_file():
-                ref = json.loads(Path(ref_path).read_text())
-                lines += ["", f"Registered: `{ref['model_uri']}` (@{ref.get('alias')}), "
-                              f"[MLflow run]({T.run_url(ref['experiment_id'], ref['run_id'])})"]
-        reporter.markdown("\n".join(lines), f"{stage.name} summary")
-
-
 @task(name="stage", retries=0, cache_policy=NONE)
 def stage_task(name: str, params_file: str, launch_spec: LaunchSpec) -> None:
-    """Run ``python -m mmada pipeline stage NAME`` as a subprocess and follow its progress."""
-    stage = S.get_stage(name)
-    reporter = PrefectReporter(name)
+    """Run ``python -m mmada pipeline stage NAME`` as a subprocess; its console output goes to the log, the
+    typed events it writes (progress, MLflow link, summary, tables) become this task's artifacts."""
+    reporter = PrefectReporter(name, log_events=False)
+    rid = str(flow_run.get_id() or "local")
+    events = Path(S.PIPELINE_DIR) / "work" / "flows" / f"{rid}-{name}.events.jsonl"
+    events.unlink(missing_ok=True)
+    follower = EventFollower(events, reporter)
     argv = ["pipeline", "stage", name, "--params", params_file, "--launch", launch_spec.model_dump_json()]
-    env = {"MMADA_PREFECT_FLOW_RUN_ID": str(flow_run.get_id() or ""), "MMADA_PIPELINE_RUNNER": "prefect"}
-    launch(LaunchSpec(poll_seconds=2.0), argv, workdir=Path(S.PIPELINE_DIR) / "work" / "flows",
-           job_name=f"stage-{name}", env=env, on_line=follow_stage_output(reporter), what=f"stage {name!r}")
-    _stage_artifacts(stage, reporter)
+    env = {"MMADA_PREFECT_FLOW_RUN_ID": str(flow_run.get_id() or ""), "MMADA_PIPELINE_RUNNER": "prefect",
+           EVENTS_ENV: str(events.resolve())}
+    launch(LaunchSpec(poll_seconds=2.0), argv, workdir=events.parent, job_name=f"stage-{name}", env=env,
+           on_line=reporter.line, poll=follower.poll, what=f"stage {name!r}")
 
 
 @flow(name="pipeline", log_prints=True, persist_result=False)
@@ -172,62 +173,42 @@ def pipeline_flow(params: PipelineParams, stages: list[StageName] | None = None,
     as ``dvc repro``), writing the same output paths; training jobs start as ``launch`` says.
 
     Args:
-        params: every stage's parameters (defaults: the project's ``params.yaml``).
-        stages: run only these stages (their upstream outputs must exist); default: all of them
-            (up to sft while this build has no UniGRPO stage).
+        params: every stage's resolved config (defaults: the project's ``params.yaml`` with the config
+            files it names merged in).
+        stages: run only these stages (their upstream outputs must exist); default: all of them.
         launch: how training jobs start (local subprocess, torchrun, sbatch).
     """
     log = get_run_logger()
-    wanted = list(stages) if stages else list(S.STAGE_NAMES)
-    if params.grpo is None and "grpo" in wanted:
-        if stages:
-            raise MMaDAError("stages: 'grpo' was requested but params.grpo is empty (this build has no UniGRPO "
-                             "stage, or params.yaml was not regenerated)")
-        wanted = S.upstream_closure(["sft"])
-        create_markdown_artifact("UniGRPO and evaluate were skipped: this build has no `grpo` training stage yet "
-                                 "(or `params.grpo` is empty).", key="pipeline-note")
-    order = [s for s in S.STAGE_NAMES if s in wanted]
+    order = [s for s in S.STAGE_NAMES if not stages or s in stages]
     rid = str(flow_run.get_id() or "local")
-    params_file = write_text(Path(S.PIPELINE_DIR) / "flow-params" / f"{rid}.yaml", dump_params(params))
+    params_file = write_resolved(params, Path(S.PIPELINE_DIR) / "flow-params" / rid)
     log.info("running %d stages: %s (params %s)", len(order), " -> ".join(order), params_file)
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
     overall = create_progress_artifact(0.0, key="pipeline-progress", description="stages finished")
     for i, name in enumerate(order):
         stage_task.with_options(name=f"stage-{name}")(name, str(params_file), launch)
         update_progress_artifact(overall, progress=100.0 * (i + 1) / len(order))
-    from mmada.pipeline.summary import collect, render
-
     info = collect()
     text = render(info)
     create_markdown_artifact(f"```\n{text}\n```", key="pipeline-summary", description="pipeline summary")
     if info["eval"]:
-        create_table_artifact([{"suite": s, "metric": k, "value": v} for s, m in info["eval"].items()
-                               if isinstance(m, dict) for k, v in m.items()], key="pipeline-eval")
+        create_table_artifact(eval_rows(info["eval"]), key="pipeline-eval")
     print(text)
     return {"stages": order, "refs": {k: v for k, v in info["refs"].items() if v}, "eval": info["eval"]}
 
 
 def default_parameters(params_path: str | os.PathLike = S.PARAMS_FILE) -> dict[str, dict[str, Any]]:
-    """Each deployment's default parameters, from the project's ``params.yaml``."""
-    from mmada.pipeline.params import load_params, params_dict
-
-    p = load_params(params_path)
-    d = params_dict(p)
-    out = {
+    """Each deployment's default parameters: the resolved configs of the project's ``params.yaml``."""
+    d = params_dict(load_params(params_path))
+    return {
         "pipeline": {"params": d},
         "tokenizer": {"params": d["tokenizer"]},
         "vq-train": {"config": d["vq"]},
-        "evaluate": {"params": d["evaluate"], "model": "models:/mmada-tiny@sft" if p.grpo is None
-                     else "models:/mmada-tiny@grpo"},
-        **{f"train-{s}": {"config": d[s]} for s in S.TRAIN_STAGES if d.get(s)},
+        "evaluate": {"params": d["evaluate"], "model": "models:/mmada-tiny@grpo"},
+        **{f"train-{s}": {"config": d[s]} for s in S.TRAIN_STAGES},
         **{f"curate-{n}": {"spec": d["curate"][n], "out": S.data_dir(n)} for n in S.DATASETS},
     }
-    return out
 
 
 if __name__ == "__main__":  # run the pipeline flow once against the configured (or a temporary) API
-    from mmada.pipeline.params import load_params
-
     result = pipeline_flow(params=load_params(sys.argv[1] if len(sys.argv) > 1 else S.PARAMS_FILE))
     print(json.dumps(result, indent=1, default=str))

@@ -79,9 +79,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow honours DO_N
 def tiny_project(tmp_path_factory):
     """A fresh clone of the project (own git repo) where the tiny pipeline ran once via `mmada pipeline`.
 
-    Yields ``(clone_path, output_of_the_run)``. Until this build has a UniGRPO stage the run stops
-    after sft (``mmada pipeline`` says so); evaluate is then exercised by test_pipeline_dvc.py
-    on the sft model.
+    Yields ``(clone_path, output_of_the_run)``: every stage, tokenizer to evaluate.
     """
     from tests.test_pipeline_support import make_clone, mmada
 

@@ -2,8 +2,9 @@
 
 The session fixture ``tiny_project`` (tests/conftest.py) clones the project into a temp git repo
 and runs ``mmada pipeline`` once. These tests then check its outputs, that a second ``dvc repro``
-does nothing, that ``dvc exp run -S <training param>`` re-runs exactly that stage and those after
-it, the evaluate stage, ``dvc metrics show`` / ``dvc plots show`` and the MLflow lineage.
+does nothing, that editing a config file params.yaml names or ``dvc exp run -S <training param>``
+re-runs exactly that stage and those after it, the evaluate stage, ``dvc metrics show`` /
+``dvc plots show`` and the MLflow lineage.
 """
 
 from __future__ import annotations
@@ -12,15 +13,11 @@ import csv
 import json
 import re
 
-import pytest
 import yaml
 from mlflow import MlflowClient
 
 from mmada.pipeline import stages as S
-from mmada.pipeline.params import grpo_available
 from tests.test_pipeline_support import dvc, mmada
-
-GRPO_SKIP = "the UniGRPO stage is not in this build yet (mmada.training.config.STAGE_TASKS has no 'grpo')"
 
 
 def ran_stages(output: str) -> list[str]:
@@ -33,10 +30,7 @@ def client(clone) -> MlflowClient:
 
 def test_pipeline_runs_end_to_end(tiny_project):
     clone, out = tiny_project
-    expected = list(S.STAGE_NAMES) if grpo_available() else S.upstream_closure(["sft"])
-    assert ran_stages(out) == expected
-    if not grpo_available():
-        assert "note: UniGRPO skipped" in out
+    assert ran_stages(out) == list(S.STAGE_NAMES)
     # progress lines from the launched jobs, then the summary
     assert re.search(r"\[pretrain\] +100% registered mmada-tiny version 1 \(@pretrain\)", out), out[-3000:]
     assert "[vq] MLflow run: http://127.0.0.1:5000/#/experiments/" in out
@@ -69,41 +63,53 @@ def test_pipeline_runs_end_to_end(tiny_project):
 
 def test_second_repro_does_nothing(tiny_project):
     clone, _ = tiny_project
-    target = [] if grpo_available() else ["sft"]
-    r = dvc(clone, "repro", *target)
+    r = dvc(clone, "repro")
     assert ran_stages(r.stdout) == [] and "Data and pipelines are up to date." in r.stdout
+
+
+def test_the_config_file_params_yaml_names_is_a_dep(tiny_project):
+    """Editing configs/train/tiny_sft.yaml re-runs sft (and what follows); its own params did not change."""
+    clone, _ = tiny_project
+    cfg = clone / "configs/train/tiny_sft.yaml"
+    text = cfg.read_text()
+    try:
+        cfg.write_text(text.replace("min_lr_scale: 0.1", "min_lr_scale: 0.2"))
+        status = dvc(clone, "status", "--json").stdout
+        changed = json.loads(status[status.index("{"):])
+        assert set(changed) == {"sft"}, changed
+        assert {"changed deps": {"configs/train/tiny_sft.yaml": "modified"}} in changed["sft"]
+    finally:
+        cfg.write_text(text)
+    assert "up to date" in dvc(clone, "status").stdout
 
 
 def test_changing_a_training_param_reruns_that_stage_and_after(tiny_project):
     clone, _ = tiny_project
     # the last training stage: it and the stages after it re-run, nothing before it
-    stage, target = ("grpo", []) if grpo_available() else ("sft", ["sft"])
-    before = json.loads((clone / S.model_ref(stage)).read_text())
-    r = dvc(clone, "exp", "run", "-S", f"{stage}.optim.lr=0.002", *target)
-    assert ran_stages(r.stdout) == (S.downstream_closure([stage]) if grpo_available() else ["sft"])
+    before = json.loads((clone / S.model_ref("grpo")).read_text())
+    r = dvc(clone, "exp", "run", "-S", "grpo.optim.lr=0.002")
+    assert ran_stages(r.stdout) == S.downstream_closure(["grpo"])
     assert "Stage 'pretrain' didn't change, skipping" in r.stdout
-    ref = json.loads((clone / S.model_ref(stage)).read_text())
+    ref = json.loads((clone / S.model_ref("grpo")).read_text())
     assert int(ref["version"]) > int(before["version"]) and ref["init"] == before["init"]
     assert client(clone).get_run(ref["run_id"]).data.params["optim.lr"] == "0.002"
-    r = dvc(clone, "repro", *target)
+    assert yaml.safe_load((clone / "params.yaml").read_text())["grpo"]["config"] == "configs/train/tiny_grpo.yaml"
+    r = dvc(clone, "repro")
     assert ran_stages(r.stdout) == []
 
 
 def test_evaluate_stage_and_dvc_metrics_plots(tiny_project):
     clone, _ = tiny_project
-    if not grpo_available():  # evaluate the sft model with the same stage command
-        r = mmada(clone, "pipeline", "stage", "evaluate", "--model-ref", S.model_ref("sft"))
-        assert "[evaluate] 100% 4 suites" in r.stdout
     ev = json.loads((clone / S.metrics_file("eval")).read_text())
     assert ev["model"].startswith("mmada-tiny/")
     assert set(ev) >= {"math", "mmu", "t2i", "recon"} and 0 <= ev["math"]["accuracy"] <= 1
     assert ev["recon"]["psnr"] > 0
-    if grpo_available():  # evaluate.baseline=sft: the model UniGRPO started from, on the same problems
-        sft = json.loads((clone / S.model_ref("sft")).read_text())
-        assert ev["baseline"]["model"] == f"mmada-tiny/{sft['version']}" != ev["model"]
-        assert set(ev["baseline"]) == {"model", "math", "mmu", "t2i"}
-        assert ev["baseline"]["math"].keys() == ev["math"].keys()
-        assert (clone / S.EVAL_DIR / "baseline" / "math_samples.jsonl").is_file()
+    # evaluate.baseline=sft: the model UniGRPO started from, on the same problems
+    sft = json.loads((clone / S.model_ref("sft")).read_text())
+    assert ev["baseline"]["model"] == f"mmada-tiny/{sft['version']}" != ev["model"]
+    assert set(ev["baseline"]) == {"model", "math", "mmu", "t2i"}
+    assert ev["baseline"]["math"].keys() == ev["math"].keys()
+    assert (clone / S.EVAL_DIR / "baseline" / "math_samples.jsonl").is_file()
     ed = clone / S.EVAL_DIR
     assert (ed / "images" / "generated_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (ed / "images" / "reconstructions.png").is_file() and (ed / "math_samples.jsonl").is_file()
@@ -115,15 +121,13 @@ def test_evaluate_stage_and_dvc_metrics_plots(tiny_project):
     assert files[S.metrics_file("pretrain")]["data"]["global_step"] == 4
     dvc(clone, "plots", "show", "-o", "plots-out")
     html = (clone / "plots-out" / "index.html").read_text()
-    for stage in ("vq", "pretrain", "sft", *(["grpo"] if grpo_available() else [])):  # one vega plot per curve
+    for stage in ("vq", "pretrain", "sft", "grpo"):  # one vega plot per curve
         assert f"vegaEmbed('#{S.plot_file(stage).replace('/', '_').replace('.', '_')}'" in html, stage
     summary = mmada(clone, "pipeline", "summary").stdout
     assert "Evaluation of mmada-tiny/" in summary and "generated_grid.png" in summary
-    if grpo_available():
-        assert "baseline" in summary and "before UniGRPO" in summary
+    assert "baseline" in summary and "before UniGRPO" in summary
 
 
-@pytest.mark.skipif(not grpo_available(), reason=GRPO_SKIP)
 def test_grpo_stage_registered_with_reward_curve(tiny_project):
     clone, _ = tiny_project
     ref = json.loads((clone / S.model_ref("grpo")).read_text())
@@ -135,7 +139,7 @@ def test_grpo_stage_registered_with_reward_curve(tiny_project):
 def test_a_failing_training_job_leaves_nothing_behind(tiny_project, tmp_path):
     clone, _ = tiny_project
     p = yaml.safe_load((clone / "params.yaml").read_text())
-    p["sft"]["data"]["streams"]["chat"]["manifests"] = ["runs/data/missing"]
+    p["sft"]["data"]["streams"]["chat"]["manifests"] = ["runs/data/missing"]  # merged over the named config
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(p))
     out = tmp_path / "out"
     r = mmada(clone, "pipeline", "stage", "sft", "--params", str(tmp_path / "bad.yaml"), "--out-base", str(out),

@@ -129,3 +129,37 @@ def test_sigterm_to_the_watcher_stops_the_job(tmp_path):
     assert watcher.wait(60) != 0 and "JobCancelled" in watcher.stderr.read()
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def test_a_training_job_without_its_result_file_fails_the_stage(tmp_path, monkeypatch):
+    """A job that exits 0 but wrote no (valid) result file is a failure naming the stage and the file."""
+    import io
+
+    from mlflow import MlflowClient
+
+    from mmada.pipeline.context import StageContext, StageOutputs
+    from mmada.pipeline.report import ConsoleReporter
+    from mmada.pipeline.train import run_train
+    from mmada.training.config import load_train_config
+    from tests.test_pipeline_support import REPO
+
+    monkeypatch.chdir(tmp_path)
+    exe = tmp_path / "python-ok"
+    exe.write_text('#!/bin/bash\necho "running $*"\nexit 0\n')  # e.g. a rank that died after a clean exit code
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = StageContext(ConsoleReporter("pretrain", stream=io.StringIO()), outputs=StageOutputs(str(tmp_path / "out")),
+                       launch=LaunchSpec(python=str(exe), poll_seconds=0.2), tracking_uri=uri)
+    cfg = load_train_config(REPO / "configs/train/tiny_pretrain.yaml")
+    with pytest.raises(LaunchError) as e:
+        run_train(cfg, ctx, stage="pretrain")
+    assert "stage 'pretrain': `mmada train` exited 0 without its result:" in str(e.value)
+    assert "result.json: no training result file" in str(e.value)
+    exe.write_text('#!/bin/bash\nfor a; do last=$a; done\necho \'{"global_step": "many"}\' > "$last"\n')
+    with pytest.raises(LaunchError, match=r"result\.json: not a training result: global_step: Input should be a valid "
+                                          "integer"):
+        run_train(cfg, ctx, stage="pretrain")
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("mmada-pretrain").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert not (tmp_path / "out" / "models").exists() and not (tmp_path / "out" / "metrics").exists()

@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmada.config import read_yaml
 from mmada.errors import ConfigError
 from mmada.pipeline import stages as S
-from mmada.pipeline.params import PipelineParams, load_params, validate_params
-from tests.test_pipeline_support import REPO, env_for
+from mmada.pipeline.params import NAMED, PipelineParams, load_params, profile_params
+from tests.test_pipeline_support import REPO, copy_configs, env_for
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def project(tmp_path):
+    """``tmp_path`` holding the project's params.yaml and the config files it names (returned)."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return copy_configs(tmp_path)
 
 
 @pytest.fixture
@@ -70,6 +78,10 @@ def test_dvc_yaml_structure():
     assert d["evaluate"]["metrics"] == [{S.metrics_file("eval"): {"cache": False}}]
     assert S.model_ref("pretrain") in d["sft"]["deps"] and S.model_ref("sft") in d["grpo"]["deps"]
     assert S.model_ref("grpo") in d["evaluate"]["deps"]
+    # the config file each params section names is a dep of its stage (DVC resolves it from params.yaml)
+    assert d["sft"]["deps"][0] == "${sft.config}" and d["curate-shapes"]["deps"][0] == "${curate.shapes.spec}"
+    assert {dep for st in d.values() for dep in st["deps"] if dep.startswith("$")} == {
+        f"${{{section}.{key}}}" for section, key in NAMED.items()}
 
 
 def test_every_dep_is_produced_upstream_and_the_order_is_topological():
@@ -88,8 +100,29 @@ def test_every_dep_is_produced_upstream_and_the_order_is_topological():
     assert S.downstream_closure(["sft"]) == ["sft", "grpo", "evaluate"]
 
 
+def test_params_yaml_names_the_configs_and_holds_only_what_differs():
+    assert profile_params("demo", REPO) == PARAMS, "run `mmada pipeline params --write`"
+    p = load_params(REPO / "params.yaml", REPO)
+    for section, key in NAMED.items():
+        node = PARAMS
+        for part in section.split("."):
+            node = node[part]
+        base = read_yaml(REPO / node[key])
+        for k, v in node.items():  # nothing repeats the file, except the keys `dvc exp run -S` sets
+            if k != key and isinstance(v, dict) and isinstance(base.get(k), dict):
+                same = {kk for kk, vv in v.items() if base[k].get(kk) == vv}
+                assert same <= {"lr", "max_steps"}, f"{section}.{k} repeats {same} of {node[key]}"
+    sft = read_yaml(REPO / "configs/train/tiny_sft.yaml")
+    assert p.sft.optim.min_lr_scale == sft["optim"]["min_lr_scale"]  # from the file
+    assert p.sft.trainer.max_steps == PARAMS["sft"]["trainer"]["max_steps"] != sft["trainer"]["max_steps"]
+    assert p.curate.arithmetic.sources[0].n == PARAMS["curate"]["arithmetic"]["sources"]["0"]["n"]
+    assert p.curate.arithmetic.sources[0].difficulty == (1, 4)  # the rest of the source from the spec
+    full = profile_params("full", REPO)
+    assert full["vq"] == {"config": "configs/vq/tiny.yaml"} and full["sft"]["trainer"] == {"max_steps": 400}
+
+
 def test_params_yaml_is_valid_and_matches_the_stage_paths():
-    p = load_params(REPO / "params.yaml")
+    p = load_params(REPO / "params.yaml", REPO)
     for stage in ("pretrain", "sft"):
         cfg = getattr(p, stage)
         deps = set(S.get_stage(stage).deps)
@@ -105,23 +138,50 @@ def test_params_yaml_is_valid_and_matches_the_stage_paths():
     assert isinstance(p, PipelineParams)
 
 
-def test_bad_params_name_the_field(tmp_path, cli):
+def test_bad_params_name_the_field(project, cli):
     bad = json.loads(json.dumps(PARAMS))
     bad["pretrain"]["optim"]["lr"] = -1
     bad["evaluate"]["math_protocol"] = "vibes"
+    (project / "params.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError) as e:
-        validate_params(bad)
+        load_params(project / "params.yaml", project)
     assert "pretrain.optim.lr" in str(e.value) and "evaluate.math_protocol" in str(e.value)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer")
+    rc, _, err = cli(project, "pipeline", "stage", "tokenizer")
     assert rc == 2 and "error: params.yaml: pretrain.optim.lr: Input should be greater than 0" in err
-    assert not (tmp_path / "runs").exists()
-    rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer", "--params", "nope.yaml")
+    assert not (project / "runs").exists()
+    rc, _, err = cli(project, "pipeline", "params", "--check")
+    assert rc == 2 and "pretrain.optim.lr" in err and "evaluate.math_protocol" in err
+    rc, _, err = cli(project, "pipeline", "stage", "tokenizer", "--params", "nope.yaml")
     assert rc == 2 and "mmada pipeline params --write" in err
+    # a bad value in a file params.yaml names is reported at its place in the resolved config
+    sft = project / "configs/train/tiny_sft.yaml"
+    (project / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    sft.write_text(sft.read_text().replace("min_lr_scale: 0.1", "min_lr_scale: 7"))
+    rc, _, err = cli(project, "pipeline", "params", "--check")
+    assert rc == 2 and "error: params.yaml: sft.optim.min_lr_scale: Input should be less than or equal to 1" in err
+    for change, message in [({"sft": {"config": "configs/train/nope.yaml"}}, "sft.config: 'configs/train/nope.yaml' "
+                              "does not exist"),
+                             ({"vq": {"max_steps": 5}}, "vq.config: missing: name the file"),
+                             ({"curate": {"digits": {"spec": "data_specs/digits.yaml", "sources": {"1": {"n": 5}}}}},
+                              "curate.digits.sources: '1' is not an item of the list it merges into (1 items)")]:
+        (project / "params.yaml").write_text(yaml.safe_dump({**PARAMS, **change}))
+        rc, _, err = cli(project, "pipeline", "params", "--check")
+        assert rc == 2 and f"error: params.yaml: {message}" in err, err
 
 
+def test_params_show_and_write(project, cli):
+    rc, out, _ = cli(project, "pipeline", "params")
+    shown = yaml.safe_load(out)
+    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 250
+    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 2000
+    rc, out, _ = cli(project, "pipeline", "params", "--write", "--profile", "full", "--params", "full.yaml")
+    assert rc == 0 and "wrote full.yaml (full sizes)" in out
+    full = load_params(project / "full.yaml", project)
+    assert full.sft.trainer.max_steps == 400 and full.pretrain.model.tokenizer == S.TOKENIZER_DIR
+
+
+@pytest.mark.usefixtures("project")
 def test_stage_out_of_order_says_what_to_run(tmp_path, cli):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     rc, _, err = cli(tmp_path, "pipeline", "stage", "sft")
     assert rc == 2
     assert "stage 'sft' needs runs/pipeline/models/pretrain.json (written by stage 'pretrain')" in err
@@ -141,8 +201,8 @@ def test_stage_out_of_order_says_what_to_run(tmp_path, cli):
     assert not (tmp_path / "runs" / "pipeline").exists()
 
 
+@pytest.mark.usefixtures("project")
 def test_tracking_server_not_running(tmp_path, cli):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -152,8 +212,8 @@ def test_tracking_server_not_running(tmp_path, cli):
     assert "mmada serve" in err and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.usefixtures("project")
 def test_bad_launch_spec_and_not_a_project(tmp_path, cli):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     rc, _, err = cli(tmp_path, "pipeline", "stage", "tokenizer", "--launch", '{"kind": "slurm", "nodes": 0}')
     assert rc == 2 and "--launch: kind:" in err and "nodes: Input should be greater than" in err
     rc, _, err = cli(tmp_path, "pipeline")
@@ -163,7 +223,7 @@ def test_bad_launch_spec_and_not_a_project(tmp_path, cli):
 
 
 def test_eval_rows_and_summary_compare_against_the_sft_baseline():
-    from mmada.pipeline.steps import _eval_md, eval_rows
+    from mmada.pipeline.evaluate import eval_md, eval_rows
     from mmada.pipeline.summary import render
 
     res = {"model": "mmada-tiny/3", "math": {"accuracy": 0.25, "no_answer_rate": 0.0},
@@ -175,7 +235,7 @@ def test_eval_rows_and_summary_compare_against_the_sft_baseline():
     assert rows[2] == {"suite": "recon", "metric": "psnr", "value": 30.0, "baseline": None, "delta": None}
     assert eval_rows({"model": "m", "math": {"accuracy": 0.5}}) == [{"suite": "math", "metric": "accuracy",
                                                                        "value": 0.5}]
-    md = _eval_md(res, Path("runs/pipeline/eval"))
+    md = eval_md(res, Path("runs/pipeline/eval"))
     assert "| math | accuracy | 0.25 | 0.125 | 0.125 |" in md and "| recon | psnr | 30 | – | – |" in md
     info = {"datasets": [], "tokenizer": None, "vq": None, "registry": {}, "refs": {}, "eval": res,
             "missing": [], "tracking_uri": "sqlite:///x.db"}
@@ -206,3 +266,69 @@ def test_child_env_is_offline_without_overriding_the_operator():
     assert env["DO_NOT_TRACK"] == "0" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1" and env["EXTRA"] == "1"
     assert env["PATH"].split(":")[0] == str(venv_bin())
+
+
+class Recorder:
+    """A Reporter that records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def progress(self, fraction, message):
+        self.calls.append(("progress", fraction, message))
+
+    def link(self, url, text):
+        self.calls.append(("link", url, text))
+
+    def markdown(self, text, description):
+        self.calls.append(("markdown", text, description))
+
+    def table(self, rows, description):
+        self.calls.append(("table", rows, description))
+
+    def line(self, text):
+        self.calls.append(("line", text))
+
+
+def test_stage_events_travel_typed_from_the_stage_process_to_the_flow(tmp_path, monkeypatch):
+    """What a Prefect flow learns from a stage subprocess: typed events from a file, no console parsing."""
+    import io
+
+    from mmada.errors import MMaDAError
+    from mmada.pipeline.context import StageContext
+    from mmada.pipeline.events import EVENTS_ENV, EventFollower, EventWriter
+    from mmada.pipeline.report import ConsoleReporter
+
+    path = tmp_path / "events.jsonl"
+    got = Recorder()
+    follower = EventFollower(path, got)
+    follower.poll()  # the stage has not started yet
+    writer = EventWriter(path)
+    writer.progress(0.45, "step 90/200 train/loss 4.1120")
+    writer.link("http://127.0.0.1:5000/#/experiments/1/runs/abc", "MLflow run")
+    writer.line("console text is not an event")
+    follower.poll()
+    assert got.calls == [("progress", 0.45, "step 90/200 train/loss 4.1120"),
+                         ("link", "http://127.0.0.1:5000/#/experiments/1/runs/abc", "MLflow run")]
+    writer.markdown("### sft\n| metric | value |", "sft summary")
+    writer.table([{"suite": "math", "value": 0.5, "delta": None}], "Evaluation of mmada-tiny/3")
+    with open(path, "a") as f:
+        f.write('{"kind": "progress", "fraction": 1.0')  # a line still being written
+    follower.poll()
+    assert got.calls[2:] == [("markdown", "### sft\n| metric | value |", "sft summary"),
+                             ("table", [{"suite": "math", "value": 0.5, "delta": None}], "Evaluation of mmada-tiny/3")]
+    with open(path, "a") as f:
+        f.write(', "message": "done"}\n{"kind": "progress", "fraction": "most", "message": "?"}\n')
+    with pytest.raises(MMaDAError, match=r"events\.jsonl:6: not a stage event: progress\.fraction"):
+        follower.poll()
+    assert got.calls[-1] == ("progress", 1.0, "done")
+    # a stage process a flow started (MMADA_STAGE_EVENTS set) reports to its console and to the file
+    monkeypatch.setenv(EVENTS_ENV, str(tmp_path / "stage.jsonl"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    console = io.StringIO()
+    ctx = StageContext.create(ConsoleReporter("sft", stream=console))
+    ctx.reporter.progress(1.0, "registered mmada-tiny version 2 (@sft)")
+    assert console.getvalue() == "[sft] 100% registered mmada-tiny version 2 (@sft)\n"
+    replay = Recorder()
+    EventFollower(tmp_path / "stage.jsonl", replay).poll()
+    assert replay.calls == [("progress", 1.0, "registered mmada-tiny version 2 (@sft)")]

@@ -2,7 +2,8 @@
 
 ``make_clone(dest)`` copies the files the pipeline needs into a fresh git repository (one commit)
 — the same as a fresh clone, without touching the working tree's git state — and writes a
-``params.yaml`` shrunk to seconds per stage (1-layer model, a handful of steps, small data).
+``params.yaml`` shrunk to seconds per stage (1-layer model, a handful of steps, small data), in the
+same lean format as the project's (the config files it names, what it changes in them).
 """
 
 from __future__ import annotations
@@ -24,44 +25,40 @@ SAMPLES = {"prompts": ["What is 2 + 3?"], "captions": ["a red circle", "a blue s
 
 
 def tiny_params(steps: int = 4) -> dict:
-    """The project's params.yaml with every stage cut to seconds on a 2-core CPU."""
-    from mmada.pipeline.params import default_params, params_dict
+    """The project's params.yaml (the same config files it names) with every stage cut to seconds on a
+    2-core CPU: more changes in the same lean format."""
+    from mmada.config import read_yaml
+    from mmada.pipeline.params import merge, profile_params
 
-    d = params_dict(default_params(REPO))
+    d = profile_params("demo", REPO)
     for name, n in {"arithmetic": 120, "shapes": 80, "shapes_vqa": 16}.items():
-        d["curate"][name]["sources"][0]["n"] = n
-        d["curate"][name]["shards"] = {"max_samples": 60}
+        d["curate"][name].update(sources={"0": {"n": n}}, shards={"max_samples": 60})
     d["curate"]["digits"]["shards"] = {"max_samples": 1000}
-    d["vq"]["trainer"].update(max_steps=3, val_every_n_steps=3, log_every_n_steps=1)
-    d["vq"]["tracking"]["log_system_metrics"] = False
-    d["vq"]["data"].update(num_train=64, num_val=16, batch_size=16)
+    d["vq"] = merge(d["vq"], {"trainer": {"max_steps": 3, "val_every_n_steps": 3, "log_every_n_steps": 1},
+                              "tracking": {"log_system_metrics": False},
+                              "data": {"num_train": 64, "num_val": 16, "batch_size": 16}}, "vq")
     for stage in ("pretrain", "sft", "grpo"):
-        if not d.get(stage):
-            continue
-        c = d[stage]
-        c["trainer"].update(max_steps=steps, log_every_n_steps=1, val_every_n_steps=None)
-        c["data"]["val_batches"] = 1
-        c["optim"]["warmup_steps"] = 1
-        c["checkpoint"]["every_n_steps"] = steps
-        c["samples"].update(SAMPLES)
-        c["tracking"]["log_system_metrics"] = False
-        for s in c["data"]["streams"].values():
-            s["batch_size"] = 2
+        streams = read_yaml(REPO / d[stage]["config"])["data"]["streams"]
+        grpo = stage == "grpo"
+        changes = {"trainer": {"max_steps": 2 if grpo else steps, "log_every_n_steps": 1, "val_every_n_steps": None},
+                   "data": {"val_batches": 1, "streams": {t: {"batch_size": 1 if grpo else 2} for t in streams}},
+                   "optim": {"warmup_steps": 1}, "checkpoint": {"every_n_steps": 2 if grpo else steps},
+                   "samples": SAMPLES, "tracking": {"log_system_metrics": False}}
+        if grpo:
+            changes["grpo"] = {"num_generations": 2, "num_iterations": 1,
+                               "sampler": {"steps": 4, "gen_length": 8, "block_length": 8}, "image_sampler": {"steps": 2}}
+        d[stage] = merge(d[stage], changes, stage)
     d["pretrain"]["model"]["overrides"] = MODEL
-    if d.get("grpo"):
-        c = d["grpo"]
-        c["trainer"].update(max_steps=2, log_every_n_steps=1, val_every_n_steps=None)
-        c["checkpoint"]["every_n_steps"] = 2
-        c["samples"].update(SAMPLES)
-        c["tracking"]["log_system_metrics"] = False
-        c["grpo"].update(num_generations=2, num_iterations=1)
-        c["grpo"]["sampler"].update(steps=4, gen_length=8, block_length=8)
-        c["grpo"]["image_sampler"].update(steps=2)
-        for s in c["data"]["streams"].values():
-            s["batch_size"] = 1
     d["evaluate"].update(math_n=2, mmu_n=1, t2i_n=2, recon_n=2, batch_size=4,
                          sampler={"steps": 4, "gen_length": 8, "block_length": 8}, image_sampler={"steps": 2})
     return d
+
+
+def copy_configs(dest: Path) -> Path:
+    """The config files params.yaml names (configs/, data_specs/), copied into ``dest``."""
+    for rel in ("configs", "data_specs"):
+        shutil.copytree(REPO / rel, dest / rel, dirs_exist_ok=True)
+    return dest
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
+from mmada.pipeline.params import load_params, params_dict
 from tests.test_pipeline_support import REPO, env_for
 
 ARTIFACTS = REPO / "runs" / "test-artifacts"
@@ -95,7 +95,8 @@ def run_deployment(served, name: str, parameters: dict, timeout: float = 400):
 
 
 def params(served) -> dict:
-    return yaml.safe_load((served["clone"] / "params.yaml").read_text())
+    """The resolved configs of the clone's params.yaml: what the run forms start from."""
+    return params_dict(load_params(served["clone"] / "params.yaml", served["clone"]))
 
 
 def get_json(url: str, body: dict | None = None) -> dict:
@@ -171,11 +172,15 @@ def test_invalid_parameters_are_rejected_naming_the_field(served):
 
 
 def test_pipeline_and_evaluate_deployments(served):
-    fr, arts, tasks = run_deployment(served, "pipeline/tiny", {"params": params(served), "stages": ["tokenizer"]})
+    fr, arts, tasks = run_deployment(served, "pipeline/tiny", {"params": params(served),
+                                                               "stages": ["tokenizer", "curate-digits"]})
     assert fr.state.is_completed(), fr.state.message
     assert arts["tokenizer-progress"].data == 100 and arts["pipeline-progress"].data == 100
+    # the stage subprocesses' typed events became artifacts: progress, the shard table
+    assert arts["curate-digits-progress"].data == 100
+    assert {r["split"] for r in json.loads(arts["curate-digits-table"].data)} == {"train", "val"}
     assert "mmada pipeline summary" in arts["pipeline-summary"].data
-    assert [t.name.rsplit("-", 1)[0] for t in tasks] == ["stage-tokenizer"]
+    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["stage-curate-digits", "stage-tokenizer"]
     ev = {**params(served)["evaluate"], "math_n": 1, "mmu_n": 0, "t2i_n": 1, "recon_n": 0}
     fr, arts, _ = run_deployment(served, "evaluate/tiny", {"params": ev, "model": "models:/mmada-tiny@pretrain"})
     assert fr.state.is_completed(), fr.state.message

@@ -22,6 +22,18 @@ from pathlib import Path
 from mmada.cli._sampler_args import add_sampler_args, given_sampler_fields, sampler_from_args
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
+from mmada.eval.report import ModelRef
+from mmada.eval.runners import evaluate_pope, load_records
+from mmada.eval.suites import (
+    EvalModel,
+    EvalOutputs,
+    SuiteResult,
+    math_suite,
+    mmu_suite,
+    recon_suite,
+    save_report,
+    t2i_suite,
+)
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -59,34 +71,30 @@ def _sampler(args, cls, **defaults):
     return sampler_from_args(cls, args, **defaults)
 
 
-def _load_lm(args):
-    from mmada.eval.report import ModelRef
-    from mmada.inference import load_checkpoint
-
-    if args.checkpoint is None:
-        return None, ModelRef(version=args.model_version)
-    lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-    return lm, ModelRef.from_path(args.checkpoint, version=args.model_version)
+def _model(args) -> EvalModel:
+    return EvalModel(checkpoint=args.checkpoint, tokenizer=args.tokenizer, version=args.model_version,
+                     device=args.device, dtype=args.dtype, batch_size=args.batch_size)
 
 
-def _finish(args, report, *, rows=None, images: dict | None = None) -> int:
-    from mmada.eval.report import log_report
-    from mmada.files import save_png, write_jsonl
+def _outputs(args) -> EvalOutputs:
+    return EvalOutputs(report=Path(args.out) if args.out else None,
+                       samples=Path(args.samples_out) if args.samples_out else None,
+                       images_dir=Path(args.images_dir) if args.images_dir else None,
+                       tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name)
 
-    print(report.table())
-    out = Path(args.out or f"runs/eval/{report.suite}-{report.protocol}.json")
-    report.write_json(out)
-    print(f"report: {out}")
-    if rows is not None and args.samples_out:
-        write_jsonl(args.samples_out, rows)
-        print(f"samples: {args.samples_out}")
-    if images and args.images_dir:
-        for name, im in images.items():
-            print(f"image: {save_png(Path(args.images_dir) / f'{name}.png', im)}")
-    if args.tracking_uri:
-        rid = log_report(report, args.tracking_uri, experiment=args.experiment, run_name=args.run_name,
-                         images=images or {})
-        print(f"mlflow run: {rid}")
+
+def _print(result: SuiteResult) -> int:
+    held = result.report.details.get("held_out")
+    if held is not None:
+        print(f"held out: removed {held['removed']} problems whose question is in {', '.join(held['exclude_data'])}")
+    print(result.report.table())
+    print(f"report: {result.report_path}")
+    if result.samples_path is not None:
+        print(f"samples: {result.samples_path}")
+    for path in result.image_paths:
+        print(f"image: {path}")
+    if result.run_id is not None:
+        print(f"mlflow run: {result.run_id}")
     return 0
 
 
@@ -95,25 +103,13 @@ def _finish(args, report, *, rows=None, images: dict | None = None) -> int:
 
 
 def _math(args) -> int:
-    from mmada.eval.runners import LM_EVAL_TEMPLATE, evaluate_math, load_records
-
-    recs, held_out = _math_records(args)
-    fewshot, recs = recs[: args.num_fewshot], recs[args.num_fewshot :]
-    if args.fewshot_data:
-        fewshot = load_records(args.fewshot_data, n=args.num_fewshot)
-    lm, ref = _load_lm(args)
-    report, rows = evaluate_math(
-        recs, protocol=args.protocol, dataset=args.data, lm=lm, sampler=_sampler(args, SamplerSettings),
-        num_fewshot=args.num_fewshot, fewshot_records=fewshot, question_field=args.question_field,
-        answer_field=args.answer_field, response_field=args.response_field, match=args.match,
-        chat=not args.no_chat, think=args.think, prompt_template=args.prompt_template or LM_EVAL_TEMPLATE,
-        batch_size=args.batch_size, model_ref=ref,
-    )
-    if held_out is not None:
-        report.details["held_out"] = held_out
-    if args.difficulty is not None:
-        report.details["difficulty"] = args.difficulty
-    return _finish(args, report, rows=rows)
+    return _print(math_suite(
+        args.data, protocol=args.protocol, model=_model(args), sampler=_sampler(args, SamplerSettings),
+        out=_outputs(args), n=args.n, data_seed=args.data_seed, num_fewshot=args.num_fewshot,
+        fewshot_data=args.fewshot_data, question_field=args.question_field, answer_field=args.answer_field,
+        response_field=args.response_field, match=args.match, chat=not args.no_chat, think=args.think,
+        prompt_template=args.prompt_template, difficulty=_difficulty(args.difficulty),
+        exclude_data=args.exclude_data))
 
 
 def _difficulty(text: str | None) -> int | tuple[int, int] | None:
@@ -126,126 +122,33 @@ def _difficulty(text: str | None) -> int | tuple[int, int] | None:
         raise MMaDAError(f"--difficulty: expected K or LO-HI (operations per problem), got {text!r}") from None
 
 
-def _math_records(args) -> tuple[list[dict], dict | None]:
-    """The problems (few-shot examples first), held out from ``--exclude-data`` when given."""
-    from mmada.eval.decontam import exclude_seen, held_out, questions_in
-    from mmada.eval.runners import BUILTIN_DEFAULT_N, load_records
-
-    need = args.n + args.num_fewshot if args.n is not None else None
-    level = _difficulty(args.difficulty)
-    if not args.exclude_data:
-        return load_records(args.data, n=need, seed=args.data_seed, difficulty=level), None
-    seen = questions_in(args.exclude_data)
-    if args.data.startswith("builtin:"):  # draw past seen problems until `need` unseen ones
-        recs, removed = held_out(
-            lambda count, start: load_records(args.data, n=count, seed=args.data_seed, start=start, difficulty=level),
-            need if need is not None else BUILTIN_DEFAULT_N, seen, args.question_field)
-    else:
-        recs, removed = exclude_seen(load_records(args.data, seed=args.data_seed, difficulty=level), seen,
-                                     args.question_field)
-        recs = recs if need is None else recs[:need]
-    print(f"held out: removed {removed} problems whose question is in {', '.join(args.exclude_data)}")
-    return recs, {"exclude_data": list(args.exclude_data), "removed": removed, "known_questions": len(seen)}
-
-
 def _mmu(args) -> int:
-    from mmada.eval.runners import evaluate_qa, load_image_codec, load_records, shapes_vqa_items
-
-    recs = load_records(args.data, n=args.n, seed=args.data_seed)
-    items = shapes_vqa_items(recs) if recs and "vqa" in recs[0] else recs
-    lm, ref = _load_lm(args)
-    codec = load_image_codec(args.image_tokenizer) if lm is not None else None
     # With a KV cache, the image prefix is encoded once (Fast-dLLM-style MMU prefill) unless told otherwise.
     once = getattr(args, "sampler_cache", "none") != "none" and "prompt_cache" not in given_sampler_fields(args)
     sampler = _sampler(args, SamplerSettings, **({"prompt_cache": "once"} if once else {}))
-    report, rows = evaluate_qa(
-        items, dataset=args.data, lm=lm, codec=codec, sampler=sampler, model_ref=ref,
-        prediction_field=args.prediction_field,
-    )
-    for r in rows:
-        r.pop("image", None)
-    return _finish(args, report, rows=rows)
+    return _print(mmu_suite(args.data, model=_model(args), sampler=sampler, out=_outputs(args), n=args.n,
+                            data_seed=args.data_seed, image_tokenizer=args.image_tokenizer,
+                            prediction_field=args.prediction_field))
 
 
 def _pope(args) -> int:
-    from mmada.eval.report import ModelRef
-    from mmada.eval.runners import evaluate_pope, load_records
-
     qs = load_records(args.questions)
     ans = load_records(args.answers) if args.answers else None
     report = evaluate_pope(qs, ans, dataset=args.questions, model_ref=ModelRef(version=args.model_version))
-    return _finish(args, report)
+    return _print(save_report(report, _outputs(args)))
 
 
 def _t2i(args) -> int:
-    from mmada.eval.runners import (
-        evaluate_class,
-        evaluate_clip,
-        evaluate_t2i_shapes,
-        generate_images,
-        load_image_codec,
-        load_records,
-    )
-
-    if (args.images is None) == (args.checkpoint is None):
-        raise MMaDAError("give exactly one of --images (score existing images) or --checkpoint (generate)")
-    sampler = _sampler(args, ImageSamplerSettings)
-    source = "predictions_file" if args.images else "model"
-    if args.images:
-        recs = load_records(args.images, n=args.n)
-        images = [r["image"] for r in recs]
-        if any(not hasattr(im, "size") for im in images):
-            raise MMaDAError(f"{args.images}: every row needs an 'image' (a file path relative to the JSONL)")
-        ref = _load_lm(args)[1]
-        dataset = args.images
-    else:
-        recs = load_records(args.data, n=args.n, seed=args.data_seed)
-        lm, ref = _load_lm(args)
-        codec = load_image_codec(args.image_tokenizer, device=str(lm.device))
-        images = generate_images(lm, codec, [r["caption"] for r in recs], sampler, batch_size=args.batch_size)
-        dataset = args.data
-    if args.checker == "shapes":
-        specs = [r.get("metadata") if isinstance(r.get("metadata"), dict) and "objects" in r["metadata"] else r["caption"]
-                 for r in recs]
-        report, rows, grid = evaluate_t2i_shapes(images, specs, dataset=dataset, sampler=sampler, source=source,
-                                                 model_ref=ref,
-                                                 ids=[r.get("id", i) for i, r in enumerate(recs)],
-                                                 captions=[r.get("caption") for r in recs])
-        return _finish(args, report, rows=rows, images={"generated_grid": grid})
-    from mmada.data.images import image_grid
-
-    grid = image_grid(images[:32], ncol=8, scale=2)
-    if args.checker == "clip":
-        if not args.clip_model:
-            raise MMaDAError("--checker clip needs --clip-model PATH (a local CLIPModel directory)")
-        report = evaluate_clip(images, [r["caption"] for r in recs], args.clip_model, dataset=dataset,
-                               sampler=sampler, source=source, model_ref=ref)
-        return _finish(args, report, images={"generated_grid": grid})
-    from mmada.eval.classifier import get_digits_classifier, get_fashion_classifier
-
-    if args.checker == "digits":
-        bundle = get_digits_classifier(args.cache_dir)
-    else:
-        if not args.fashion_root:
-            raise MMaDAError("--checker fashion needs --fashion-root DIR with the Fashion-MNIST IDX files")
-        bundle = get_fashion_classifier(args.fashion_root, args.cache_dir)
-    labels = []
-    for i, r in enumerate(recs):
-        label = r.get("label", (r.get("metadata") or {}).get("label"))
-        if label is None:
-            raise MMaDAError(f"row {i} has no 'label' (the prompted class) for --checker {args.checker}")
-        labels.append(label)
-    report = evaluate_class(images, labels, bundle, dataset=dataset, sampler=sampler, source=source, model_ref=ref)
-    return _finish(args, report, images={"generated_grid": grid})
+    return _print(t2i_suite(
+        checker=args.checker, model=_model(args), sampler=_sampler(args, ImageSamplerSettings), out=_outputs(args),
+        images=args.images, data=args.data, n=args.n, data_seed=args.data_seed,
+        image_tokenizer=args.image_tokenizer, clip_model=args.clip_model, fashion_root=args.fashion_root,
+        cache_dir=args.cache_dir))
 
 
 def _recon(args) -> int:
-    from mmada.eval.runners import evaluate_reconstruction, load_image_codec, load_records
-
-    recs = load_records(args.data, n=args.n, seed=args.data_seed)
-    report, grid = evaluate_reconstruction(load_image_codec(args.image_tokenizer), [r["image"] for r in recs],
-                                           dataset=args.data)
-    return _finish(args, report, images={"reconstructions": grid})
+    return _print(recon_suite(args.data, image_tokenizer=args.image_tokenizer, out=_outputs(args), n=args.n,
+                              data_seed=args.data_seed))
 
 
 def _classifier(args) -> int:

@@ -4,7 +4,7 @@
     mmada pipeline stage NAME                   # one stage (what dvc.yaml's commands call)
     mmada pipeline summary                      # shards, registered versions, eval table, samples, UIs
     mmada pipeline generate [--check]           # dvc.yaml from mmada/pipeline/stages.py
-    mmada pipeline params [--write [--profile full]|--check]  # params.yaml from configs/ + demo sizes
+    mmada pipeline params [--write [--profile full]|--check]  # the resolved configs / write / validate params.yaml
     mmada serve                                 # Prefect server + served deployments + MLflow UI (Ctrl-C stops)
 """
 
@@ -35,9 +35,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _stage(args: argparse.Namespace) -> int:
     from mmada.pipeline import stages as S
+    from mmada.pipeline.context import StageContext, StageOutputs
+    from mmada.pipeline.dispatch import run_stage
     from mmada.pipeline.params import load_params
     from mmada.pipeline.report import ConsoleReporter
-    from mmada.pipeline.steps import StageContext, StageOutputs, run_stage
 
     S.get_stage(args.name)
     params = load_params(args.params)
@@ -71,13 +72,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from mmada.pipeline.params import default_params, dump_params, load_params, write_params
+    from mmada.pipeline.params import dump_params, load_params, profile_params, write_params
 
     if args.write:
-        print(f"wrote {write_params(default_params(profile=args.profile), args.params)} ({args.profile} sizes)")
+        print(f"wrote {write_params(profile_params(args.profile), args.params)} ({args.profile} sizes)")
     elif args.check:
         load_params(args.params)
-        print(f"{args.params} is valid")
+        print(f"{args.params} is valid (every section resolved with the config file it names)")
     else:
         print(dump_params(load_params(args.params)), end="")
     return 0
@@ -123,11 +124,12 @@ def register(subparsers) -> None:
     s.add_argument("--check", action="store_true", help="fail if dvc.yaml is out of date instead of writing it")
     s.set_defaults(func=_generate)
 
-    s = sub.add_parser("params", help="show / validate / regenerate params.yaml")
+    s = sub.add_parser("params", help="show the resolved configs of params.yaml / validate / rewrite it")
     s.add_argument("--params", default="params.yaml")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--write", action="store_true", help="regenerate from configs/ and data_specs/ + demo sizes")
-    g.add_argument("--check", action="store_true", help="validate and report the first bad field")
+    g.add_argument("--write", action="store_true", help="rewrite it: the config files of configs/ and data_specs/ "
+                   "it names, and what the profile changes in them")
+    g.add_argument("--check", action="store_true", help="validate the resolved configs and name the bad fields")
     s.add_argument("--profile", choices=["demo", "full"], default="demo",
                    help="with --write: demo sizes (~12 min on 2 CPU cores) or the configs' own sizes (full, ~1 h)")
     s.set_defaults(func=_params)

@@ -2,6 +2,7 @@
 
     mmada train configs/train/tiny_pretrain.yaml
     mmada train configs/train/tiny_sft.yaml --set model.init=models:/mmada-tiny@pretrain
+    mmada train configs/train/tiny_sft.yaml --result-file result.json      # the TrainResult as JSON (rank 0)
     mmada train configs/train/tiny_arith_sft.yaml --export-checkpoint runs/train/tiny-arith-sft/checkpoints/step00000500.ckpt
     torchrun --nnodes 2 --nproc-per-node 8 … -m mmada train configs/train/8b_sft.yaml   # see configs/cluster/
 
@@ -28,11 +29,14 @@ def _train(args: argparse.Namespace) -> int:
         out = export_checkpoint(cfg, args.export_checkpoint, args.export_dir)
         print(json.dumps({"export_dir": str(out), "checkpoint": args.export_checkpoint}))
         return 0
+    from mmada.training.harness import write_result
     from mmada.training.run import train
 
     result = train(cfg, progress_bar=sys.stderr.isatty())
     if result.export_dir is not None:  # only rank 0 reports
         print(json.dumps(result.summary()))
+        if args.result_file:
+            write_result(args.result_file, result)
     return 0
 
 
@@ -46,5 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--export-checkpoint", metavar="CKPT", default=None,
                    help="instead of training: export this checkpoint of the run (e.g. checkpoints/step00001000.ckpt) "
                         "as a save_pretrained directory")
+    p.add_argument("--result-file", default=None, metavar="PATH",
+                   help="write the run's result (global step, run id, export dir, registered version, final metrics) "
+                        "as JSON here when training ends (rank 0; what the pipeline's watcher reads)")
     p.add_argument("--export-dir", default=None, help="where --export-checkpoint writes (default: <out_dir>/exports/stepN)")
     p.set_defaults(func=_train)

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--max-steps", type=int, default=None, help="shortcut for --set trainer.max_steps=…")
     train.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./runs)")
     train.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    train.add_argument("--result-file", default=None, metavar="PATH",
+                       help="also write the run's result (TrainResult) as JSON here (for a job's launcher)")
     train.set_defaults(func=cmd_train)
 
     enc = sub.add_parser("encode", help="encode image files into codes (.npz with codes, sources, grid)")
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mmada.config import load_config
+    from mmada.training.harness import write_result
     from mmada.training.vq import PRESETS, VQTrainConfig, train_tokenizer
 
     overrides = list(args.overrides)
@@ -55,6 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_tokenizer(cfg, progress_bar=args.progress)
     if result.export_dir is not None:  # only rank 0 reports
         print(json.dumps(result.summary()))
+        if args.result_file:
+            write_result(args.result_file, result)
     return 0
 
 

@@ -1,41 +1,47 @@
-"""``params.yaml``: the typed parameters of every pipeline stage, in one file.
+"""``params.yaml``: the config file each stage starts from, and only what the pipeline changes in it.
 
-Each section *is* the stage's own pydantic config, so the same model validates ``params.yaml``
-(``dvc repro``), renders the Prefect UI form and is dumped into MLflow params:
+    pretrain:
+      config: configs/train/tiny_pretrain.yaml              # the base TrainConfig (a DVC dep of the stage)
+      trainer: {max_steps: 400, val_every_n_steps: 400}     # deep-merged over it
+      optim: {lr: 0.002, warmup_steps: 30}
 
-    tokenizer          TokenizerParams     (this module)
-    curate.<dataset>   CurationSpec        (mmada.data.specs; data_specs/<dataset>.yaml + demo sizes)
-    vq                 VQTrainConfig       (mmada.training.vq;  configs/vq/tiny.yaml + demo steps)
-    pretrain/sft/grpo  TrainConfig         (mmada.training.config; configs/train/tiny_*.yaml + demo steps)
-    evaluate           EvalParams          (this module)
+The sections, and the typed config each stage runs with once the file is resolved:
 
-``mmada pipeline params --write`` regenerates the file from those base configs plus
-:data:`DEMO_OVERRIDES` (sizes that keep the whole pipeline within ~15 minutes on 2 CPU cores).
-Edit it by hand or sweep with ``dvc exp run -S pretrain.optim.lr=3e-4``; a bad value is reported
-as ``params.yaml: pretrain.optim.lr: Input should be greater than 0``.
+    tokenizer          TokenizerParams   (this module; written whole)
+    curate.<dataset>   CurationSpec      spec: data_specs/<dataset>.yaml   + what differs
+    vq                 VQTrainConfig     config: configs/vq/tiny.yaml      + what differs
+    pretrain/sft/grpo  TrainConfig       config: configs/train/tiny_*.yaml + what differs
+    evaluate           EvalParams        (this module; written whole)
+
+Merging: a mapping merges into a mapping key by key, a mapping over a list sets the items it names by
+position (``sources: {'0': {n: 2000}}``), anything else replaces. Paths are relative to the project
+root. A bad value, in this file or in a named one, is reported as
+``params.yaml: pretrain.optim.lr: Input should be greater than 0``. ``dvc exp run -S`` only sets keys
+the file has, so the training sections always carry ``optim.lr`` and ``trainer.max_steps``
+(:data:`SWEEP_KEYS`): ``dvc exp run -S sft.optim.lr=0.002``; any other field with
+``-S '++sft.optim.weight_decay=0.1'``.
+
+``mmada pipeline params --write [--profile full]`` writes the file from :data:`PROFILES`: ``demo``
+keeps the whole pipeline within ~12 minutes on 2 CPU cores, ``full`` is the configs' own sizes.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field
 
-from mmada.config import Strict, load_config, read_yaml, validate
+from mmada.config import Strict, read_yaml, validate
 from mmada.data.specs import CurationSpec
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import ConfigError
 from mmada.files import write_text
-from mmada.pipeline.stages import DATASETS, PARAMS_FILE, TOKENIZER_DIR, VQ_DIR, VQ_OUTPUT_DIR, data_dir
-from mmada.training.config import STAGE_TASKS, TrainConfig
+from mmada.pipeline.stages import DATASETS, PARAMS_FILE, STAGES, TOKENIZER_DIR, TRAIN_STAGES, VQ_DIR, data_dir
+from mmada.training.config import TrainConfig
 from mmada.training.vq import VQTrainConfig
-
-
-def grpo_available() -> bool:
-    """Whether this build's ``mmada train`` has the UniGRPO stage."""
-    return "grpo" in STAGE_TASKS
 
 
 class TokenizerParams(Strict):
@@ -80,137 +86,210 @@ class CurateParams(Strict):
 
 
 class PipelineParams(Strict):
-    """Every stage's parameters (the content of ``params.yaml``)."""
+    """Every stage's resolved config (``params.yaml`` with the named files merged in)."""
 
     tokenizer: TokenizerParams = Field(default_factory=TokenizerParams)
     curate: CurateParams
     vq: VQTrainConfig
     pretrain: TrainConfig
     sft: TrainConfig
-    grpo: TrainConfig | None = Field(None, description="UniGRPO stage config (null until this build has it).")
+    grpo: TrainConfig
     evaluate: EvalParams = Field(default_factory=EvalParams)
 
-    def section(self, dotted: str) -> Any:
-        node: Any = self
-        for part in dotted.split("."):
-            node = getattr(node, part)
-        return node
+
+NAMED: dict[str, str] = {s.params[0]: s.file_key for s in STAGES if s.file_key}
+"""The sections that name a base file, and the key that names it (:attr:`Stage.file_key`)."""
+
+SWEEP_KEYS = (("optim", "lr"), ("trainer", "max_steps"))
+"""Written in every training section (equal to the file's value or not), so ``dvc exp run -S`` can set them."""
 
 
-def validate_params(data: Any, where: str = PARAMS_FILE) -> PipelineParams:
-    return validate(PipelineParams, data, where)
+# ------------------------------------------------------------------------------------------------
+# resolving
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> PipelineParams:
+def merge(base: Any, over: Any, where: str) -> Any:
+    """``over`` deep-merged into a copy of ``base`` (see the module docstring)."""
+    if isinstance(over, dict) and isinstance(base, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v, f"{where}.{k}") if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(over, dict) and isinstance(base, list):
+        out_list = list(base)
+        for k, v in over.items():
+            if not str(k).isdigit() or int(k) >= len(base):
+                raise ConfigError(f"{where}: {k!r} is not an item of the list it merges into ({len(base)} items)")
+            out_list[int(k)] = merge(base[int(k)], v, f"{where}.{k}")
+        return out_list
+    return copy.deepcopy(over)
+
+
+def _node(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def resolve(raw: dict, where: str = PARAMS_FILE, root: str | Path = ".") -> dict[str, Any]:
+    """``raw`` (a params file) with every named section replaced by its file (a path relative to ``root``,
+    the project root) merged with the section."""
+    tree = copy.deepcopy(raw)
+    for section, key in NAMED.items():
+        node = _node(tree, section)
+        if node is None:
+            continue  # validation reports the missing section
+        if not isinstance(node, dict) or not node.get(key):
+            raise ConfigError(f"{where}: {section}.{key}: missing: name the file this section starts from "
+                              f"(see `mmada pipeline params --write`)")
+        rest = {k: v for k, v in node.items() if k != key}
+        path = Path(root) / str(node[key])
+        if not path.is_file():
+            raise ConfigError(f"{where}: {section}.{key}: {str(node[key])!r} does not exist")
+        parent, _, leaf = section.rpartition(".")
+        (_node(tree, parent) if parent else tree)[leaf] = merge(read_yaml(path), rest, f"{where}: {section}")
+    return tree
+
+
+def load_params(path: str | Path = PARAMS_FILE, root: str | Path = ".") -> PipelineParams:
+    """Read ``path``, merge the files it names (relative to ``root``) in and validate every section; errors
+    name the field."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such parameters file; create the default one with "
                           "`mmada pipeline params --write` (or pass --params FILE)")
-    return validate_params(read_yaml(p), str(p))
-
-
-class _Dumper(yaml.SafeDumper):
-    """Lists of scalars in flow style (``[1, 2, 2]``) so the file reads like the configs it came from."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
-    flow = all(not isinstance(v, (dict, list)) for v in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-_Dumper.add_representer(list, _represent_list)
-
-
-def dump_params(params: PipelineParams) -> str:
-    return yaml.dump(params_dict(params), Dumper=_Dumper, sort_keys=False, width=120)
+    return validate(PipelineParams, resolve(read_yaml(p), str(p), root), str(p))
 
 
 def params_dict(params: PipelineParams) -> dict[str, Any]:
+    """The resolved configs as plain data (the data specs as written: discriminators and set fields)."""
     d = params.model_dump(mode="json")
-    # the specs as written in data_specs/ (discriminators and set fields, not every default)
     d["curate"] = {k: getattr(params.curate, k).model_dump(mode="json", exclude_unset=True) for k in DATASETS}
     return d
 
 
+def write_resolved(params: PipelineParams, folder: str | Path) -> Path:
+    """``params`` as files: each named section's resolved config in ``folder/<section>.yaml`` and
+    ``folder/params.yaml`` naming them (how a Prefect ``pipeline`` run hands its form to its stages)."""
+    folder = Path(folder).resolve()
+    tree = params_dict(params)
+    for section, key in NAMED.items():
+        parent, _, leaf = section.rpartition(".")
+        holder = _node(tree, parent) if parent else tree
+        file = write_text(folder / f"{section}.yaml", yaml.safe_dump(holder[leaf], sort_keys=False))
+        holder[leaf] = {key: str(file)}
+    return write_text(folder / PARAMS_FILE, yaml.safe_dump(tree, sort_keys=False))
+
+
 # ------------------------------------------------------------------------------------------------
-# the default params.yaml: the repository's tiny configs + demo sizes
+# the written file: the repository's tiny configs + what the pipeline changes
 
-_TRAIN_COMMON = [
-    f"model.tokenizer={TOKENIZER_DIR}",
-    f"data.image_tokenizer={VQ_DIR}",
-    "samples.every_n_steps=0",        # samples once, at the end of the stage
-    "checkpoint.every_n_steps=100",
-    "data.val_batches=4",
-]
 
-DEMO_OVERRIDES: dict[str, list[str]] = {
-    "curate.arithmetic": ["sources.0.n=2000", "shards.max_samples=1000"],
-    "curate.shapes": ["sources.0.n=1000", "shards.max_samples=500"],
-    "curate.shapes_vqa": ["sources.0.n=300", "shards.max_samples=500"],
-    "curate.digits": [],
-    "vq": ["trainer.max_steps=600", "trainer.val_every_n_steps=600", "data.num_train=4096", "data.num_val=128",
-           f"output_dir={VQ_OUTPUT_DIR}"],
-    "pretrain": [*_TRAIN_COMMON, "trainer.max_steps=400", "trainer.val_every_n_steps=400", "optim.warmup_steps=30"],
-    "sft": [*_TRAIN_COMMON[1:], "trainer.max_steps=250", "trainer.val_every_n_steps=250", "optim.warmup_steps=20"],
-    "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0", "trainer.max_steps=8",
-             "checkpoint.every_n_steps=8", "grpo.num_generations=4"],
+def _curate(name: str, **changes: Any) -> dict[str, Any]:
+    return {"spec": f"data_specs/{name}.yaml", **changes, "tokenizer": TOKENIZER_DIR, "output": data_dir(name)}
+
+
+_ORDER = ("config", "model", "data", "loss", "optim", "trainer", "checkpoint", "samples", "grpo")
+
+
+def _train(stage: str, *, data: dict | None = None, **changes: Any) -> dict[str, Any]:
+    """A training stage reads the pipeline's image tokenizer and samples once, at the end of the stage."""
+    d = {"config": f"configs/train/tiny_{stage}.yaml", "data": {"image_tokenizer": VQ_DIR, **(data or {})},
+         "samples": {"every_n_steps": 0}, **changes}
+    return {k: d[k] for k in _ORDER if k in d}
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "demo": {
+        "curate": {
+            "arithmetic": _curate("arithmetic", sources={"0": {"n": 2000}}, shards={"max_samples": 1000}),
+            "shapes": _curate("shapes", sources={"0": {"n": 1000}}, shards={"max_samples": 500}),
+            "shapes_vqa": _curate("shapes_vqa", sources={"0": {"n": 300}}, shards={"max_samples": 500}),
+            "digits": _curate("digits"),
+        },
+        "vq": {"config": "configs/vq/tiny.yaml", "data": {"num_train": 4096, "num_val": 128},
+               "trainer": {"max_steps": 600, "val_every_n_steps": 600}},
+        "pretrain": _train("pretrain", model={"tokenizer": TOKENIZER_DIR}, data={"val_batches": 4},
+                           trainer={"max_steps": 400, "val_every_n_steps": 400}, optim={"warmup_steps": 30},
+                           checkpoint={"every_n_steps": 100}),
+        "sft": _train("sft", data={"val_batches": 4}, trainer={"max_steps": 250, "val_every_n_steps": 250},
+                      optim={"warmup_steps": 20}, checkpoint={"every_n_steps": 100}),
+        "grpo": _train("grpo", trainer={"max_steps": 8}, checkpoint={"every_n_steps": 8},
+                       grpo={"num_generations": 4}),
+    },
+    "full": {
+        "curate": {n: _curate(n) for n in DATASETS},
+        "vq": {"config": "configs/vq/tiny.yaml"},
+        "pretrain": _train("pretrain", model={"tokenizer": TOKENIZER_DIR}, data={"val_batches": 4}),
+        "sft": _train("sft", data={"val_batches": 4}),
+        "grpo": _train("grpo"),
+    },
 }
-"""Sizes that keep ``make demo`` (the whole pipeline) within ~12 minutes on 2 CPU cores."""
-
-FULL_OVERRIDES: dict[str, list[str]] = {
-    **{f"curate.{n}": [] for n in DATASETS},
-    "vq": [f"output_dir={VQ_OUTPUT_DIR}"],
-    "pretrain": [*_TRAIN_COMMON, "checkpoint.every_n_steps=200"],
-    "sft": [*_TRAIN_COMMON[1:], "checkpoint.every_n_steps=200"],
-    "grpo": [f"data.image_tokenizer={VQ_DIR}", "samples.every_n_steps=0"],
-}
-"""The repository's configs and data specs as they are (only the pipeline's paths set): about an hour on
-2 CPU cores."""
-
-PROFILES = {"demo": DEMO_OVERRIDES, "full": FULL_OVERRIDES}
+"""What ``params.yaml`` changes in the named files: ``demo`` (``make demo`` within ~12 minutes on 2 CPU
+cores) and ``full`` (the configs' own sizes, about an hour; only the pipeline's paths set)."""
 
 
-BASE_CONFIGS = {
-    "vq": "configs/vq/tiny.yaml",
-    "pretrain": "configs/train/tiny_pretrain.yaml",
-    "sft": "configs/train/tiny_sft.yaml",
-    "grpo": "configs/train/tiny_grpo.yaml",
-}
-
-
-def default_params(root: str | Path = ".", profile: str = "demo") -> PipelineParams:
-    """The tiny pipeline's parameters: the repository's configs and data specs with the ``profile``'s
-    overrides (:data:`DEMO_OVERRIDES` or :data:`FULL_OVERRIDES`)."""
+def profile_params(profile: str = "demo", root: str | Path = ".") -> dict[str, Any]:
+    """The content of ``params.yaml`` for ``profile``: tokenizer and evaluate whole, the other sections
+    naming their file with what differs (and :data:`SWEEP_KEYS`, read from the file where not changed)."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown params profile {profile!r}; expected one of {', '.join(PROFILES)}")
-    overrides = PROFILES[profile]
-    from mmada.data.specs import load_spec
-    from mmada.training.config import load_train_config
+    tree = {"tokenizer": TokenizerParams().model_dump(mode="json"), **copy.deepcopy(PROFILES[profile]),
+            "evaluate": EvalParams().model_dump(mode="json")}
+    for stage in TRAIN_STAGES:
+        section = tree[stage]
+        base = validate(TrainConfig, read_yaml(Path(root) / section["config"]), section["config"]).model_dump()
+        for group, key in SWEEP_KEYS:
+            section[group] = {key: base[group][key], **section.get(group, {})}
+        tree[stage] = {k: section[k] for k in _ORDER if k in section}
+    return tree
 
-    root = Path(root)
-    curate = {}
-    for name in DATASETS:
-        spec = load_spec(root / f"data_specs/{name}.yaml",
-                         [*overrides[f"curate.{name}"], f"tokenizer={TOKENIZER_DIR}", f"output={data_dir(name)}"])
-        curate[name] = spec
-    vq = load_config(VQTrainConfig, root / BASE_CONFIGS["vq"], overrides["vq"])
-    train = {s: load_train_config(root / BASE_CONFIGS[s], overrides[s]) for s in ("pretrain", "sft")}
-    grpo = None
-    if grpo_available() and (root / BASE_CONFIGS["grpo"]).is_file():
-        grpo = load_train_config(root / BASE_CONFIGS["grpo"], overrides["grpo"])
-    return PipelineParams(tokenizer=TokenizerParams(), curate=CurateParams(**curate), vq=vq, grpo=grpo, **train)
+
+class _Dumper(yaml.SafeDumper):
+    """Short mappings and lists of scalars in flow style (``trainer: {max_steps: 400}``, ``[1, 2, 2]``)."""
+
+
+def _flat(data: dict | list) -> bool:
+    values = data.values() if isinstance(data, dict) else data
+    return all(not isinstance(v, (dict, list)) for v in values)
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=_flat(data))
+
+
+def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
+    flow = _flat(data) and len(str(data)) <= 80
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(dict, _represent_dict)
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def dump_params(params: PipelineParams) -> str:
+    """The resolved configs as YAML (``mmada pipeline params``)."""
+    return dump_yaml(params_dict(params))
 
 
 PARAMS_HEADER = """\
-# Parameters of the tiny end-to-end pipeline (dvc.yaml stages read their section; the Prefect
-# `pipeline` deployment shows them as a form). Each section is that stage's typed config:
-#   tokenizer: TokenizerParams   curate.*: CurationSpec   vq: VQTrainConfig
-#   pretrain / sft / grpo: TrainConfig   evaluate: EvalParams        (see mmada/pipeline/params.py)
-# Regenerate from configs/ and data_specs/ with `mmada pipeline params --write` (demo sizes, ~12 min on
-# 2 CPU cores) or `mmada pipeline params --write --profile full` (the configs' own sizes, about an hour).
-# Sweep:  dvc exp run -S pretrain.optim.lr=0.0005 -S sft.trainer.max_steps=200
+# Parameters of the tiny end-to-end pipeline. Each section names the config file its stage starts from
+# (config: / spec:, a DVC dep of the stage) and holds only what the pipeline changes in it, deep-merged
+# over the file (a mapping over a list sets items by position: sources: {'0': {n: 2000}}); tokenizer and
+# evaluate are whole (see mmada/pipeline/params.py). The training sections always carry optim.lr and
+# trainer.max_steps: `dvc exp run -S` only sets keys this file has (other fields: -S '++sft.optim.eps=1e-6').
+#   mmada pipeline params                          # the resolved configs the stages run with
+#   mmada pipeline params --check                  # validate them (errors name the field)
+#   mmada pipeline params --write [--profile full] # rewrite this file: demo sizes (~12 min on 2 CPU cores)
+#                                                  # or the configs' own sizes (about an hour)
+#   dvc exp run -S sft.optim.lr=0.002 -S pretrain.trainer.max_steps=200   # a sweep point
 """
 
 
-def write_params(params: PipelineParams, path: str | Path = PARAMS_FILE) -> Path:
-    return write_text(path, PARAMS_HEADER + dump_params(params))
+def write_params(tree: dict[str, Any], path: str | Path = PARAMS_FILE) -> Path:
+    return write_text(path, PARAMS_HEADER + dump_yaml(tree))

@@ -1,22 +1,19 @@
 """Where a running stage reports to: the console (``dvc repro``, ``mmada pipeline``) or Prefect artifacts.
 
-Stage code calls a :class:`Reporter`; :class:`ConsoleReporter` prints lines such as
+Stage code calls a :class:`Reporter`; :class:`ConsoleReporter` prints lines for people, such as
 
     [pretrain] 45% step 135/300 train/loss 4.112
 
-which people read and which the Prefect ``pipeline`` flow parses (:func:`parse_progress`) into a
-progress artifact while the stage runs as its subprocess. The Prefect reporter (in ``flows/``)
-turns the same calls into progress, link, markdown and table artifacts.
+The Prefect reporter (in ``flows/``) turns the same calls into progress, link, markdown and table
+artifacts; a stage that runs as a subprocess of a flow also writes them as typed events to the file
+the flow follows (:mod:`mmada.pipeline.events`).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from typing import Any, Protocol
-
-PROGRESS_RE = re.compile(r"^\[(?P<stage>[A-Za-z0-9_-]+)\] +(?P<pct>\d{1,3})% (?P<msg>.*)$")
 
 
 class Reporter(Protocol):
@@ -74,9 +71,43 @@ class ConsoleReporter:
             self._print(f"  | {text}")
 
 
-def parse_progress(line: str) -> tuple[str, float, str] | None:
-    """``(stage, fraction, message)`` from a :class:`ConsoleReporter` progress line, else None."""
-    m = PROGRESS_RE.match(line.strip())
-    if not m:
-        return None
-    return m["stage"], min(int(m["pct"]), 100) / 100.0, m["msg"]
+class TeeReporter:
+    """Sends every call to each of ``reporters`` (the console and the event file of a flow's stage)."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def progress(self, fraction: float, message: str) -> None:
+        for r in self.reporters:
+            r.progress(fraction, message)
+
+    def link(self, url: str, text: str) -> None:
+        for r in self.reporters:
+            r.link(url, text)
+
+    def markdown(self, text: str, description: str) -> None:
+        for r in self.reporters:
+            r.markdown(text, description)
+
+    def table(self, rows: list[dict[str, Any]], description: str) -> None:
+        for r in self.reporters:
+            r.table(rows, description)
+
+    def line(self, text: str) -> None:
+        for r in self.reporters:
+            r.line(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# markdown summaries (Prefect artifacts)
+
+
+def fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def metrics_md(title: str, metrics: dict[str, Any], url: str, extra: list[str] | None = None) -> str:
+    lines = [f"### {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in metrics.items()]
+    lines += ["", f"[MLflow run]({url})", *[f"- {e}" for e in extra or []]]
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ from mmada.errors import MMaDAError
 from mmada.pipeline import stages as S
 from mmada.pipeline.env import child_env
 from mmada.pipeline.params import load_params
+from mmada.pipeline.summary import summary_text
 
 
 def check_project(root: Path) -> None:
@@ -38,26 +39,17 @@ def check_project(root: Path) -> None:
 def run_pipeline(*, until: str | None = None, force: bool = False, dry: bool = False, root: Path = Path("."),
                  summary: bool = True) -> int:
     check_project(root)
-    params = load_params(root / S.PARAMS_FILE)
-    target = until
+    load_params(root / S.PARAMS_FILE, root)  # a bad value fails here, naming the field, before DVC starts
     if until is not None:
         S.get_stage(until)
     wanted = S.upstream_closure([until]) if until else list(S.STAGE_NAMES)
-    if "grpo" in wanted and params.grpo is None:
-        from mmada.pipeline.params import grpo_available
-
-        why = ("this build's `mmada train` has no grpo stage yet" if not grpo_available()
-               else "params.yaml has no grpo config (fill it with `mmada pipeline params --write`)")
-        print(f"note: UniGRPO skipped: {why}; running the pipeline up to sft (evaluate needs grpo)", flush=True)
-        target = "sft"
-        wanted = S.upstream_closure(["sft"])
     argv = [sys.executable, "-m", "dvc", "repro"]
     if force:
         argv.append("--force")
     if dry:
         argv.append("--dry")
-    if target:
-        argv.append(target)
+    if until:
+        argv.append(until)
     print(f"pipeline: {len(wanted)} stages ({' -> '.join(wanted)}); stages whose inputs did not change are "
           "skipped", flush=True)
     t0 = time.monotonic()
@@ -68,7 +60,5 @@ def run_pipeline(*, until: str | None = None, force: bool = False, dry: bool = F
                          "Fix it and run `mmada pipeline` again: finished stages are not re-run")
     print(f"pipeline finished in {took / 60:.1f} min", flush=True)
     if summary and not dry:
-        from mmada.pipeline.summary import summary_text
-
         print(summary_text(root), flush=True)
     return 0

@@ -1,7 +1,8 @@
 """The one definition of the pipeline's stages; ``dvc.yaml`` is generated from it.
 
 Each :class:`Stage` names its command, the ``params.yaml`` sections it reads, the files it needs
-(``deps``: upstream outputs and the code that decides its result), what it writes (``outs``,
+(``deps``: upstream outputs, the code that decides its result and the config file its params section
+names), what it writes (``outs``,
 ``metrics``, ``plots``) and the stages upstream of it. Three things read this list:
 
 * ``mmada pipeline generate`` renders ``dvc.yaml`` (checked in; a test keeps them equal),
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mmada.errors import MMaDAError
 from mmada.files import write_text
 
 StageKind = Literal["tokenizer", "curate", "vq", "train", "evaluate"]
@@ -85,6 +87,14 @@ class Stage:
     plots: tuple[Plot, ...] = ()
     upstream: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    file_key: str | None = None
+    """The key of its ``params.yaml`` section that names the config file the stage starts from (``config`` /
+    ``spec``); that file is a DVC dep of the stage (``${pretrain.config}``, resolved from params.yaml)."""
+
+    @property
+    def file_param(self) -> str | None:
+        """``pretrain.config``: where params.yaml names the stage's config file."""
+        return f"{self.params[0]}.{self.file_key}" if self.file_key else None
 
     @property
     def argv(self) -> list[str]:
@@ -108,18 +118,19 @@ def _build() -> list[Stage]:
         stages.append(Stage(
             f"curate-{name}", "curate", f"Curate the built-in {name!r} data spec into WebDataset shards",
             params=(f"curate.{name}",), deps=(TOKENIZER_DIR, "mmada/data"), outs=(data_dir(name),),
-            upstream=("tokenizer",), extra={"dataset": name}))
+            upstream=("tokenizer",), extra={"dataset": name}, file_key="spec"))
     stages.append(Stage(
         "vq", "vq", "Train the tiny MAGVIT-v2 image tokenizer (32x32 -> 8x8 codes)",
         params=("vq",), deps=(*_VQ_CODE, "mmada/models/vq"), outs=(VQ_DIR,),
-        metrics=(metrics_file("vq"),), plots=(Plot(plot_file("vq"), "step", "train_loss", "image tokenizer loss"),)))
+        metrics=(metrics_file("vq"),), plots=(Plot(plot_file("vq"), "step", "train_loss", "image tokenizer loss"),),
+        file_key="config"))
     stages.append(Stage(
         "pretrain", "train", "Stage 1: t2i + LM + captioning pretraining; registers mmada-tiny@pretrain",
         params=("pretrain",),
         deps=(TOKENIZER_DIR, data_dir("arithmetic"), data_dir("shapes"), data_dir("digits"), VQ_DIR, *_TRAIN_CODE),
         refs=(model_ref("pretrain"),), metrics=(metrics_file("pretrain"),),
         plots=(Plot(plot_file("pretrain"), "step", "train_loss", "pretraining loss"),),
-        upstream=("tokenizer", "curate-arithmetic", "curate-shapes", "curate-digits", "vq")))
+        upstream=("tokenizer", "curate-arithmetic", "curate-shapes", "curate-digits", "vq"), file_key="config"))
     stages.append(Stage(
         "sft", "train", "Stage 2: mixed long-CoT SFT from @pretrain; registers mmada-tiny@sft",
         params=("sft",),
@@ -128,7 +139,7 @@ def _build() -> list[Stage]:
         refs=(model_ref("sft"),), metrics=(metrics_file("sft"),),
         plots=(Plot(plot_file("sft"), "step", "train_loss", "SFT loss"),),
         upstream=("pretrain", "curate-arithmetic", "curate-shapes_vqa", "curate-shapes", "vq"),
-        extra={"init_from": "pretrain"}))
+        extra={"init_from": "pretrain"}, file_key="config"))
     stages.append(Stage(
         "grpo", "train", "Stage 3: UniGRPO from @sft; registers mmada-tiny@grpo",
         params=("grpo",),
@@ -137,7 +148,7 @@ def _build() -> list[Stage]:
         refs=(model_ref("grpo"),), metrics=(metrics_file("grpo"),),
         plots=(Plot(plot_file("grpo"), "step", "reward", "UniGRPO reward"),),
         upstream=("sft", "curate-arithmetic", "curate-shapes_vqa", "curate-shapes", "vq"),
-        extra={"init_from": "sft"}))
+        extra={"init_from": "sft"}, file_key="config"))
     stages.append(Stage(
         "evaluate", "evaluate", "Evaluate @grpo (and the @sft it started from): math, image understanding, text-to-image, tokenizer "
         "reconstructions",
@@ -151,8 +162,6 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def get_stage(name: str) -> Stage:
-    from mmada.errors import MMaDAError
-
     for s in STAGES:
         if s.name == name:
             return s
@@ -199,7 +208,8 @@ DVC_HEADER = """\
 # (tests/test_pipeline_stages.py checks this file equals the generated one).
 #
 # The tiny end-to-end pipeline: text tokenizer -> curate -> image tokenizer -> pretrain -> SFT ->
-# UniGRPO -> evaluate. Parameters live in params.yaml (the typed configs of each stage).
+# UniGRPO -> evaluate. Parameters live in params.yaml: each section names the config file its stage
+# starts from (a dep below: ${pretrain.config}) and holds what the pipeline changes in it.
 #   dvc repro                                  # or: mmada pipeline (adds progress + a summary)
 #   dvc exp run -S sft.optim.lr=0.001          # a sweep point
 #   dvc metrics show ; dvc plots show          # eval table, loss / reward curves
@@ -207,7 +217,8 @@ DVC_HEADER = """\
 
 
 def dvc_stage(s: Stage) -> dict[str, Any]:
-    d: dict[str, Any] = {"desc": s.desc, "cmd": s.cmd, "deps": list(s.deps), "params": list(s.params)}
+    deps = [*([f"${{{s.file_param}}}"] if s.file_param else []), *s.deps]
+    d: dict[str, Any] = {"desc": s.desc, "cmd": s.cmd, "deps": deps, "params": list(s.params)}
     outs: list[Any] = list(s.outs) + [{p: {"cache": False}} for p in s.refs]
     if outs:
         d["outs"] = outs

@@ -15,6 +15,7 @@ from typing import Any
 
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
+from mmada.pipeline.evaluate import eval_rows
 
 
 def _read_json(path: Path) -> Any:
@@ -112,8 +113,6 @@ def render(info: dict[str, Any], root: str | Path = ".") -> str:
                          f"{ref.get('global_step')} steps)")
     ev = info["eval"]
     if ev:
-        from mmada.pipeline.steps import eval_rows
-
         base = ev.get("baseline")
         lines.append(f"Evaluation of {ev.get('model')} ({S.metrics_file('eval')}):")
         if base:

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,8 +36,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from pydantic import TypeAdapter, ValidationError
 
-from mmada.errors import ConfigError
+from mmada.config import format_errors
+from mmada.errors import ConfigError, MMaDAError
+from mmada.files import write_text
 from mmada.tracking import default_tracking_uri
 from mmada.tracking.client import Tracker
 from mmada.tracking.logger import TrackerLogger
@@ -79,6 +83,26 @@ class TrainResult:
                 "registered_model": self.registered_model, "model_version": self.model_version,
                 "train_seconds": round(self.train_seconds, 2), "initial_metrics": self.initial_metrics,
                 "metrics": self.metrics}
+
+
+_RESULT = TypeAdapter(TrainResult)
+
+
+def write_result(path: str | os.PathLike, result: TrainResult) -> Path:
+    """The job's result file (``mmada train --result-file``): the :class:`TrainResult` as JSON, written
+    atomically, for the pipeline watcher that launched the job."""
+    return write_text(path, _RESULT.dump_json(result, indent=1).decode() + "\n")
+
+
+def read_result(path: str | os.PathLike) -> TrainResult:
+    """The :class:`TrainResult` a job wrote with :func:`write_result`; raises naming the path and the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise MMaDAError(f"{p}: no training result file (the job ended without writing one)")
+    try:
+        return _RESULT.validate_json(p.read_bytes())
+    except ValidationError as exc:
+        raise MMaDAError(f"{p}: not a training result: {format_errors(exc)}") from None
 
 
 @dataclass

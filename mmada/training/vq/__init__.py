@@ -9,6 +9,6 @@ Its training images come from :mod:`mmada.data.vq`; ``mmada vq train`` is :mod:`
 """
 
 from mmada.training.vq.config import PRESETS, TINY_MODEL, VQLossSpec, VQTrainConfig, official, tiny
-from mmada.training.vq.run import train_tokenizer
+from mmada.training.vq.run import train_tokenizer, val_metrics
 
-__all__ = ["PRESETS", "TINY_MODEL", "VQLossSpec", "VQTrainConfig", "official", "tiny", "train_tokenizer"]
+__all__ = ["PRESETS", "TINY_MODEL", "VQLossSpec", "VQTrainConfig", "official", "tiny", "train_tokenizer", "val_metrics"]

@@ -1,0 +1,133 @@
+"""The ``evaluate`` stage: the evaluation suites (:mod:`mmada.eval.suites`) on the referenced model.
+
+Math, image understanding and text-to-image run on ``@grpo`` and, with ``evaluate.baseline: sft``,
+on the ``@sft`` version it started from (same problems, same sampler settings, under
+``results["baseline"]``); the image tokenizer's reconstructions run once. Each suite returns its
+:class:`~mmada.eval.report.EvalReport` and MLflow run id; the stage tags the run with its lineage
+and collects the metrics into ``runs/pipeline/metrics/eval.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmada.eval.suites import (
+    EvalModel,
+    EvalOutputs,
+    SuiteResult,
+    math_suite,
+    mmu_suite,
+    recon_suite,
+    t2i_suite,
+)
+from mmada.files import atomic_dir, write_json
+from mmada.pipeline import stages as S
+from mmada.pipeline import tracking as T
+from mmada.pipeline.context import StageContext, check_version, lineage
+from mmada.pipeline.params import EvalParams
+from mmada.pipeline.report import fmt
+from mmada.tracking.registry import resolve_model
+
+
+def planned_suites(p: EvalParams, *, recon: bool = True) -> list[str]:
+    """The suites the parameters ask for (reconstructions only for the evaluated model, not its baseline)."""
+    return ["math", *(["mmu"] if p.mmu_n else []), *(["t2i"] if p.t2i_n else []),
+            *(["recon"] if recon and p.recon_n else [])]
+
+
+def run_suite(suite: str, p: EvalParams, *, model: EvalModel, image_tokenizer: str, out: EvalOutputs) -> SuiteResult:
+    """One suite on the held-out built-in problems/scenes (``p.data_seed``) with the parameters' samplers."""
+    if suite == "math":
+        reasoning = p.math_prompt == "reasoning"  # the bare question after MMaDA's <think> instruction
+        return math_suite("builtin:arithmetic", protocol=p.math_protocol, model=model, sampler=p.sampler, out=out,
+                          n=p.math_n, data_seed=p.data_seed, prompt_template="{question}" if reasoning else None,
+                          think=reasoning)
+    if suite == "mmu":
+        return mmu_suite("builtin:shapes", model=model, sampler=p.sampler, out=out, n=p.mmu_n, data_seed=p.data_seed,
+                         image_tokenizer=image_tokenizer)
+    if suite == "t2i":
+        return t2i_suite(checker="shapes", model=model, sampler=p.image_sampler, out=out, data="builtin:shapes",
+                         n=p.t2i_n, data_seed=p.data_seed, image_tokenizer=image_tokenizer)
+    return recon_suite("builtin:shapes", image_tokenizer=image_tokenizer, out=out, n=p.recon_n, data_seed=p.data_seed)
+
+
+def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, image_tokenizer: str = S.VQ_DIR,
+                 producer: str = "grpo") -> dict[str, Any]:
+    """Evaluate the referenced model; with ``p.baseline == "sft"`` (and a @grpo model) also the @sft model it
+    started from, on the same problems and sampler settings, under ``results["baseline"]``."""
+    ref = T.read_ref(model_ref_path, producer=producer, needed_by="evaluate")
+    check_version(ctx.tracking_uri, ref, model_ref_path, producer)
+    models: list[tuple[str, dict[str, Any]]] = [("", ref)]
+    base_path = Path(S.model_ref("sft"))
+    if p.baseline == "sft" and producer == "grpo":
+        base = T.read_ref(base_path, producer="sft", needed_by="evaluate (evaluate.baseline=sft)")
+        check_version(ctx.tracking_uri, base, base_path, "sft")
+        models.append(("baseline", base))
+    plan = [(key, r, suite) for key, r in models for suite in planned_suites(p, recon=not key)]
+    target = ctx.outputs.eval_dir()
+    results: dict[str, Any] = {"model": f"{ref['registered_model']}/{ref['version']}"}
+    with atomic_dir(target) as tmp:
+        ckpts: dict[str, Path] = {}
+        for i, (key, r, suite) in enumerate(plan):
+            label = f"{r['registered_model']}/{r['version']}"
+            model_uri = T.ref_model_uri(r)
+            if label not in ckpts:
+                ctx.reporter.progress(i / len(plan), f"fetching {model_uri}")
+                ckpts[label], _ = resolve_model(model_uri, tracking_uri=ctx.tracking_uri,
+                                                cache_dir=Path(S.PIPELINE_DIR) / "cache")
+            what = f"{suite} on {label}" + (f" ({key})" if key else "")
+            ctx.reporter.progress(i / len(plan), what)
+            folder = tmp / key if key else tmp
+            folder.mkdir(exist_ok=True)
+            out = EvalOutputs(report=folder / f"{suite}.json", images_dir=folder / "images",
+                              samples=folder / f"{suite}_samples.jsonl" if suite != "recon" else None,
+                              tracking_uri=ctx.tracking_uri, run_name=f"eval-{suite}-{label.replace('/', '-v')}")
+            model = EvalModel(checkpoint=str(ckpts[label]), version=label, batch_size=p.batch_size)
+            res = run_suite(suite, p, model=model, image_tokenizer=image_tokenizer, out=out)
+            if key:
+                results.setdefault(key, {"model": label})[suite] = res.report.metrics
+            else:
+                results[suite] = res.report.metrics
+            T.set_tags(ctx.tracking_uri, res.run_id, {**lineage("evaluate", p), **ctx.tags, "pipeline.model": model_uri})
+            ctx.reporter.progress((i + 1) / len(plan), f"{what}: " + ", ".join(
+                f"{k} {fmt(v)}" for k, v in res.report.metrics.items()))
+        write_json(tmp / "model_ref.json", ref)
+    write_json(ctx.outputs.metrics("eval"), results)
+    ctx.reporter.table(eval_rows(results), f"Evaluation of {results['model']}")
+    ctx.reporter.markdown(eval_md(results, target), "evaluation summary")
+    ctx.reporter.progress(1.0, f"{len(plan)} evaluations -> {ctx.outputs.metrics('eval')}")
+    return results
+
+
+def eval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """``suite, metric, value`` rows of the evaluated model, plus ``baseline`` and ``delta`` where the
+    baseline (@sft) was evaluated too."""
+    base = results.get("baseline") or {}
+    rows = []
+    for suite, m in results.items():
+        if suite == "baseline" or not isinstance(m, dict):
+            continue
+        for k, v in m.items():
+            row: dict[str, Any] = {"suite": suite, "metric": k, "value": v}
+            b = (base.get(suite) or {}).get(k)
+            if base:
+                row["baseline"] = b
+                row["delta"] = v - b if isinstance(v, (int, float)) and isinstance(b, (int, float)) else None
+            rows.append(row)
+    return rows
+
+
+def eval_md(results: dict[str, Any], folder: Path) -> str:
+    base = results.get("baseline")
+    head = f"### Evaluation of {results['model']}"
+    if base:
+        head += f" (baseline: {base['model']}, the @sft model UniGRPO started from)"
+        lines = [head, "", "| suite | metric | value | baseline | delta |", "|---|---|---|---|---|"]
+        lines += [f"| {r['suite']} | {r['metric']} | {fmt(r['value'])} | {fmt(r['baseline'])} | {fmt(r['delta'])} |"
+                  for r in eval_rows(results)]
+    else:
+        lines = [head, "", "| suite | metric | value |", "|---|---|---|"]
+        lines += [f"| {r['suite']} | {r['metric']} | {fmt(r['value'])} |" for r in eval_rows(results)]
+    lines += ["", f"Samples and images: `{folder}`"]
+    return "\n".join(lines)
