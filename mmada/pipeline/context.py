@@ -25,7 +25,7 @@ from mmada.files import sha256_file, sha256_json, write_text
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
 from mmada.pipeline.events import EVENTS_ENV, EventWriter
-from mmada.pipeline.launch import LaunchError, LaunchSpec
+from mmada.pipeline.launch import LaunchError, LaunchSpec, launch
 from mmada.pipeline.report import Reporter, TeeReporter
 from mmada.tracking.lineage import git_commit
 from mmada.training.harness import TrainResult, read_result
@@ -139,10 +139,6 @@ def job_result(path: Path, stage: str, command: str) -> TrainResult:
         raise LaunchError(f"stage {stage!r}: `{command}` exited 0 without its result: {exc}") from None
 
 
-def write_yaml(path: Path, data: dict) -> Path:
-    return write_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
 def progress_poller(ctx: StageContext, run_id_fn: Callable[[], str | None], max_steps: int) -> Callable[[], None]:
     """A ``poll`` for :func:`~mmada.pipeline.launch.launch`: the job's step and loss from its MLflow run."""
 
@@ -160,3 +156,50 @@ def progress_poller(ctx: StageContext, run_id_fn: Callable[[], str | None], max_
             ctx.reporter.progress(done / max_steps, f"step {done}/{max_steps} train/loss {loss:.4f}")
 
     return poll
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+@dataclass
+class Job:
+    """A finished training job: its config as launched, its MLflow run and the result it wrote."""
+
+    cfg: Any
+    result: TrainResult
+    run_id: str
+    experiment_id: str
+    url: str
+
+
+def run_job(ctx: StageContext, stage: str, command: list[str], cfg: Any, *, run_name: str, tags: dict[str, str],
+            note: str = "") -> Job:
+    """Launch ``mmada COMMAND CONFIG --result-file PATH`` for a training config and read its result.
+
+    The job's MLflow run is created first and handed over as ``MLFLOW_RUN_ID`` (the run the job's
+    harness logs into; progress and the link come from it); when the job exits 0, rank 0's result
+    file is read and validated. Any failure marks the run FAILED. ``cfg`` is a harness config
+    (``TrainConfig``, ``VQTrainConfig``): the job gets it with this run's tracking URI and name.
+    """
+    run_id, exp_id = T.create_run(ctx.tracking_uri, cfg.experiment, run_name, tags)
+    url = T.run_url(exp_id, run_id)
+    ctx.reporter.link(url, "MLflow run")
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": ctx.tracking_uri,
+                                                                             "run_name": run_name})})
+    work = ctx.outputs.work(stage, run_name)
+    cfg_path = write_yaml(work / "config.yaml", cfg.model_dump(mode="json"))
+    result_path = work / "result.json"
+    result_path.unlink(missing_ok=True)
+    max_steps = cfg.trainer.max_steps
+    what = " ".join(command)
+    ctx.reporter.progress(0.0, f"launching `mmada {what}` ({ctx.launch.kind}), {max_steps} steps{note}")
+    try:
+        launch(ctx.launch, [*command, str(cfg_path.resolve()), "--result-file", str(result_path.resolve())],
+               workdir=work, job_name=f"mmada-{stage}", env=job_env(ctx, {"MLFLOW_RUN_ID": run_id}),
+               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps))
+        result = job_result(result_path, stage, f"mmada {what}")
+    except BaseException:
+        T.end_run(ctx.tracking_uri, run_id, "FAILED")
+        raise
+    return Job(cfg, result, run_id, exp_id, url)

@@ -17,17 +17,7 @@ from mmada.errors import MMaDAError
 from mmada.files import sha256_file, write_csv, write_json
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
-from mmada.pipeline.context import (
-    StageContext,
-    check_version,
-    job_env,
-    job_result,
-    lineage,
-    progress_poller,
-    stamp,
-    write_yaml,
-)
-from mmada.pipeline.launch import launch
+from mmada.pipeline.context import StageContext, check_version, lineage, run_job, stamp
 from mmada.pipeline.report import metrics_md
 from mmada.tracking.registry import parse_model_uri
 from mmada.training.config import TrainConfig, validate_train_config
@@ -59,26 +49,9 @@ def run_train(cfg: TrainConfig, ctx: StageContext, *, stage: str, init_ref_path:
     tags = {**lineage(stage, cfg), **ctx.tags}
     if init_ref is not None:
         tags["pipeline.init_ref"] = T.ref_model_uri(init_ref)
-    run_id, exp_id = T.create_run(ctx.tracking_uri, cfg.experiment, run_name, tags)
-    url = T.run_url(exp_id, run_id)
-    ctx.reporter.link(url, "MLflow run")
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": ctx.tracking_uri,
-                                                                             "run_name": run_name})})
-    work = ctx.outputs.work(stage, run_name)
-    cfg_path = write_yaml(work / "config.yaml", cfg.model_dump(mode="json"))
-    result_path = work / "result.json"
-    result_path.unlink(missing_ok=True)
-    max_steps = cfg.trainer.max_steps
-    ctx.reporter.progress(0.0, f"launching `mmada train` ({ctx.launch.kind}), {max_steps} steps, "
-                               f"from {cfg.model.init or 'fresh ' + str(cfg.model.preset)}")
-    try:
-        launch(ctx.launch, ["train", str(cfg_path.resolve()), "--result-file", str(result_path.resolve())],
-               workdir=work, job_name=f"mmada-{stage}", env=job_env(ctx, {"MLFLOW_RUN_ID": run_id}),
-               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps))
-        result = job_result(result_path, stage, "mmada train")
-    except BaseException:
-        T.end_run(ctx.tracking_uri, run_id, "FAILED")
-        raise
+    job = run_job(ctx, stage, ["train"], cfg, run_name=run_name, tags=tags,
+                  note=f", from {cfg.model.init or 'fresh ' + str(cfg.model.preset)}")
+    cfg, result, run_id, exp_id, url = job.cfg, job.result, job.run_id, job.experiment_id, job.url
     if not result.model_version:
         raise MMaDAError(f"stage {stage!r} trained but registered no model version (MLflow unavailable? see "
                          f"{cfg.out_dir / 'mlflow_failed.jsonl'}); nothing was written for it")

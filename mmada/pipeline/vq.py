@@ -17,52 +17,26 @@ from mmada.errors import MMaDAError
 from mmada.files import write_csv, write_json
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
-from mmada.pipeline.context import (
-    StageContext,
-    job_env,
-    job_result,
-    lineage,
-    progress_poller,
-    stamp,
-    write_yaml,
-)
-from mmada.pipeline.launch import launch
+from mmada.pipeline.context import StageContext, lineage, run_job, stamp
 from mmada.pipeline.report import metrics_md
 from mmada.training.vq import VQTrainConfig, val_metrics
 
 
 def run_vq(cfg: VQTrainConfig, ctx: StageContext, *, stage: str = "vq", out_dir: str = S.VQ_OUTPUT_DIR) -> dict[str, Any]:
     run_name = f"{cfg.name}-{stamp()}"
-    tags = {**lineage(stage, cfg), **ctx.tags}
-    run_id, exp_id = T.create_run(ctx.tracking_uri, cfg.experiment, run_name, tags)
-    url = T.run_url(exp_id, run_id)
-    ctx.reporter.link(url, "MLflow run")
     # Same config -> same checkpoint folder (a crashed run resumes); another config starts fresh.
     ckpt_dir = f"{out_dir}/checkpoints/{cfg.config_hash()[:12]}"
-    cfg = cfg.model_copy(update={
-        "output_dir": out_dir, "checkpoint": cfg.checkpoint.model_copy(update={"dir": ckpt_dir}),
-        "tracking": cfg.tracking.model_copy(update={"uri": ctx.tracking_uri, "run_name": run_name})})
-    work = ctx.outputs.work(stage, run_name)
-    cfg_path = write_yaml(work / "config.yaml", cfg.model_dump(mode="json"))
-    result_path = work / "result.json"
-    result_path.unlink(missing_ok=True)
-    max_steps = cfg.trainer.max_steps
-    ctx.reporter.progress(0.0, f"launching `mmada vq train` ({ctx.launch.kind}), {max_steps} steps")
-    try:
-        launch(ctx.launch, ["vq", "train", "--config", str(cfg_path.resolve()), "--result-file",
-                            str(result_path.resolve())],
-               workdir=work, job_name=f"mmada-{stage}", env=job_env(ctx, {"MLFLOW_RUN_ID": run_id}),
-               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps))
-        result = job_result(result_path, stage, "mmada vq train")
-    except BaseException:
-        T.end_run(ctx.tracking_uri, run_id, "FAILED")
-        raise
+    cfg = cfg.model_copy(update={"output_dir": out_dir,
+                                 "checkpoint": cfg.checkpoint.model_copy(update={"dir": ckpt_dir})})
+    job = run_job(ctx, stage, ["vq", "train", "--config"], cfg, run_name=run_name,
+                  tags={**lineage(stage, cfg), **ctx.tags})
+    result, url = job.result, job.url
     export = result.export_dir
     if export is None or not (export / "model.safetensors").is_file():
         raise MMaDAError(f"`mmada vq train` finished but wrote no tokenizer at {Path(out_dir) / 'tokenizer'}")
     metrics = {"steps": result.global_step, "train_seconds": round(result.train_seconds, 2),
                **{f"final_{k}": v for k, v in val_metrics(result.metrics).items()}}
-    header, rows = T.curves(ctx.tracking_uri, run_id, ["train/loss", "val/psnr"])
+    header, rows = T.curves(ctx.tracking_uri, job.run_id, ["train/loss", "val/psnr"])
     write_csv(ctx.outputs.plot(stage), header, rows)
     write_json(ctx.outputs.metrics(stage), metrics)
     ctx.reporter.markdown(metrics_md(f"Image tokenizer ({stage})", metrics, url,
@@ -70,4 +44,4 @@ def run_vq(cfg: VQTrainConfig, ctx: StageContext, *, stage: str = "vq", out_dir:
                                             f"Reconstructions: `{Path(out_dir) / 'reconstructions'}`"]),
                           f"{stage} summary")
     ctx.reporter.progress(1.0, f"PSNR {metrics.get('final_psnr', float('nan')):.2f} dB -> {export}")
-    return {"run_id": run_id, "experiment_id": exp_id, "path": str(export), "metrics": metrics}
+    return {"run_id": job.run_id, "experiment_id": job.experiment_id, "path": str(export), "metrics": metrics}
