@@ -1,8 +1,8 @@
 """The one ``mmada`` command.
 
-Each area of the library contributes its subcommands through a ``register(subparsers)``
-function; the subcommand handlers are the same library functions that Prefect flows and DVC
-stages call, so there is exactly one code path per job.
+Each module of this package adds its subcommands with a ``register(subparsers)`` function; the
+handlers call the same library functions that Prefect flows and DVC stages call, so there is exactly
+one code path per job.
 
     mmada pipeline                  # the whole tiny pipeline (what `make demo` runs)
     mmada generate CKPT --prompt …  # text / chat generation with the diffusion sampler
@@ -12,28 +12,20 @@ stages call, so there is exactly one code path per job.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from mmada.cli import curate, pipeline, sample, train, vq
+from mmada.cli import eval as evaluate
 from mmada.errors import MMaDAError
 
-# Modules that contribute subcommands (imported lazily by `main`, heavy imports stay inside
-# the handlers so `mmada --help` is fast).
-COMMAND_MODULES = [
-    "mmada.cli.sample",
-    "mmada.cli.curate",
-    "mmada.cli.eval",
-    "mmada.cli.vq",
-    "mmada.cli.train",
-    "mmada.cli.pipeline",
-]
+COMMAND_MODULES = (sample, curate, evaluate, vq, train, pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmada", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
