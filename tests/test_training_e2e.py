@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +27,7 @@ from mmada.training.optim import lr_factor
 from tests.test_training_support import (
     curated_data,
     fresh_mlflow_uri,
+    kill_when,
     one_thread,
     subprocess_env,
     tiny_config,
@@ -173,14 +173,7 @@ def test_kill_and_resume(data, tmp_path_factory, tmp_path):
     path = _write_config(cfg, tmp_path / "k.yaml")
     cmd = [sys.executable, "-m", "mmada", "train", str(path)]
     ckpts = tmp_path / "k" / "checkpoints"
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-    deadline = time.time() + 240
-    while not (ckpts / f"step{2 * every:08d}.ckpt").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = kill_when(cmd, ckpts / f"step{2 * every:08d}.ckpt")
     assert proc.returncode == -signal.SIGKILL
     last = find_resume_checkpoint(ckpts)
     state = torch.load(last, map_location="cpu", weights_only=True)  # never torn: it loads

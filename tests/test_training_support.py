@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def one_thread():
@@ -29,6 +34,19 @@ def one_thread():
 
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def kill_when(cmd: list[str], path: Path, timeout: float = 240) -> subprocess.Popen:
+    """Start ``cmd`` (from the repository root) and SIGKILL it as soon as ``path`` exists: a crash mid-run."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return proc
 
 
 TINY_OVERRIDES = {"n_layers": 1, "d_model": 64, "n_heads": 2, "n_kv_heads": 2, "mlp_hidden_size": 128}

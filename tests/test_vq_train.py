@@ -5,11 +5,8 @@ a killed run resumes from its last atomic checkpoint, presets agree with configs
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ from mmada.training.callbacks import find_resume_checkpoint
 from mmada.training.optim import lr_factor
 from mmada.training.vq import PRESETS, TINY_MODEL, VQTrainConfig, tiny, train_tokenizer
 from tests.test_tracking import closed_port_uri, http_env  # noqa: F401  (http_env is a fixture)
-from tests.test_training_support import fresh_mlflow_uri, one_thread, subprocess_env
+from tests.test_training_support import fresh_mlflow_uri, kill_when, one_thread, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,14 +195,7 @@ def test_kill_and_resume(tmp_path, tracking):
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "mmada", "vq", "train", "--config", str(path)]
     ckpts = cfg.checkpoint_dir
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-    deadline = time.time() + 240
-    while not (ckpts / f"step{2 * every:08d}.ckpt").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, ckpts / f"step{2 * every:08d}.ckpt")
     state = torch.load(find_resume_checkpoint(ckpts), map_location="cpu", weights_only=True)  # never torn
     killed_at = state["global_step"]
     assert killed_at % every == 0 and every <= killed_at < steps
