@@ -63,11 +63,13 @@ from mmada.data.shards import (
     read_manifest,
     write_shard,
 )
-from mmada.data.sources import Chunk, Normalized, RawRecord, RawReject, get_reader
+from mmada.data.sources import REASONS, Chunk, Normalized, RawRecord, RawReject, get_reader
 from mmada.data.specs import CurationSpec, SourceBase, spec_hash
 from mmada.data.templates import build_messages, final_text, render
 from mmada.data.tokens import count_tokens, get_tokenizer, tokenizer_fingerprint
+from mmada.data.vq import load_tokenizer_model
 from mmada.files import atomic_write, remove_partials, write_bytes
+from mmada.models.vq import encode_images
 
 WORK_DIR = "_work"
 QUARANTINE_NAME = "quarantine.jsonl"
@@ -427,8 +429,6 @@ def _shard_entry(spec: CurationSpec, split: str, index: int, items: list[tuple[i
 
 def _vq_encode(spec: CurationSpec, pngs: list[bytes]) -> np.ndarray:
     """(N, h*w) codes (int16/int32) of RGB PNGs with the spec's image tokenizer."""
-    from mmada.models.vq import encode_images
-
     model = _vq_model(spec.vq.model)
     images = [Image.fromarray(decode_png_rgb(p)) for p in pngs]  # RGB, any size (resized by encode_images)
     return encode_images(model, images, batch_size=spec.vq.batch_size, device=spec.vq.device,
@@ -438,8 +438,6 @@ def _vq_encode(spec: CurationSpec, pngs: list[bytes]) -> np.ndarray:
 def _vq_model(name: str):
     """The image tokenizer, loaded once per process and name (a retrained one changes the fingerprint)."""
     if name not in _VQ_MODELS:
-        from mmada.data.vq import load_tokenizer_model
-
         _VQ_MODELS[name] = load_tokenizer_model(name)
     return _VQ_MODELS[name]
 
@@ -449,8 +447,6 @@ _VQ_MODELS: dict[str, Any] = {}
 
 def vq_fingerprint(name: str) -> str:
     """sha256 of the image tokenizer's config and weights (so retraining it invalidates cached shards)."""
-    from mmada.data.vq import load_tokenizer_model
-
     model = load_tokenizer_model(name)  # fresh: the weights on disk now
     _VQ_MODELS[name] = model
     h = hashlib.sha256(json.dumps(model.config.model_dump(mode="json"), sort_keys=True).encode())
@@ -609,8 +605,6 @@ def _examples(root: str, shards: list[ShardInfo], n: int = 3) -> list[Sample]:
 
 def datacard(m: Manifest, examples: list[Sample]) -> str:
     """A markdown data card: counts per source, reject reasons, splits, token stats, examples."""
-    from mmada.data.sources import REASONS
-
     lines = [f"# Data card: {m.name}", "", f"- kind: `{m.kind}`", f"- spec hash: `{m.spec_hash}`",
              f"- code version: `{m.code_version}`", f"- tokenizer: `{m.tokenizer}`", "",
              "## Counts (read = kept + rejected)", "", "| source | type | read | kept | rejected |", "|---|---|---:|---:|---:|"]

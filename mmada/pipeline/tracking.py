@@ -20,7 +20,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from mmada.errors import MMaDAError
+from mmada.tracking import artifact_root_for, default_tracking_uri
+from mmada.tracking.client import limit_http_retries
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 
@@ -30,8 +35,6 @@ class MissingUpstreamError(MMaDAError):
 
 
 def tracking_uri() -> str:
-    from mmada.tracking import default_tracking_uri
-
     return default_tracking_uri()
 
 
@@ -61,9 +64,6 @@ def model_url(name: str, version: str | None = None) -> str:
 
 
 def client(uri: str):
-    from mlflow import MlflowClient
-
-    from mmada.tracking.client import limit_http_retries
 
     if uri.startswith(("http://", "https://")):
         limit_http_retries()
@@ -76,12 +76,9 @@ def ensure_store(uri: str) -> None:
 
 
 def ensure_experiment(c, uri: str, name: str) -> str:
-    from mmada.tracking import artifact_root_for
-
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    from mlflow.exceptions import MlflowException
 
     try:
         return c.create_experiment(name, artifact_location=artifact_root_for(uri))
@@ -155,8 +152,6 @@ def set_version_tags(uri: str, name: str, version: str, tags: dict[str, str]) ->
 
 def registry(uri: str, name: str) -> dict[str, Any] | None:
     """``{"name", "aliases": {alias: version}, "versions": [{version, run_id, stage, created}]}`` or None."""
-    from mlflow.exceptions import MlflowException
-
     c = client(uri)
     try:
         rm = c.get_registered_model(name)

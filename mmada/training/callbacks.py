@@ -30,8 +30,11 @@ from PIL import Image
 from mmada.data.images import image_grid
 from mmada.files import save_png, write_json
 from mmada.inference import LoadedModel, generate_answers, generate_image_codes
+from mmada.models.vq import tensor_to_images
 from mmada.tokenization import SequenceBuilder
+from mmada.tracking import artifact_root_for
 from mmada.tracking.client import Tracker
+from mmada.training import parallelize
 
 log = logging.getLogger("mmada.training")
 PARTIAL_PREFIX = ".partial-"
@@ -158,8 +161,6 @@ class SampleCallback(Callback):
         self._done_at: int | None = None
 
     def _should_run(self, trainer) -> bool:
-        from mmada.training import parallelize
-
         return trainer.is_global_zero or parallelize.is_sharded(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -209,8 +210,6 @@ class SampleCallback(Callback):
     def _render(self, pl_module, codes: torch.Tensor) -> list[Image.Image]:
         cfg = pl_module.model_config
         if pl_module.cfg.data.image_tokenizer is not None:
-            from mmada.models.vq import tensor_to_images
-
             vq = pl_module.image_tokenizer()
             return tensor_to_images(vq.decode(codes.to(vq.device)).cpu())
         return [codes_image(c, cfg.codebook_size) for c in codes.cpu().numpy()]
@@ -245,8 +244,6 @@ class TrackingCallback(Callback):
         return self.cfg.out_dir / "mlflow_run.json"
 
     def _start_run(self) -> str | None:
-        from mmada.tracking import artifact_root_for
-
         t = self.tracker
         env_run = os.environ.get("MLFLOW_RUN_ID")
         if env_run:

@@ -35,8 +35,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mmada.data.images import image_grid
 from mmada.data.loading import make_seed, stream_inputs
+from mmada.data.shards import ShardSet
 from mmada.errors import ConfigError
 from mmada.files import save_png, write_json
+from mmada.models.vq.preprocess import images_to_tensor, tensor_to_images
 from mmada.rl import (
     GRPOConfig,
     policy_loss,
@@ -46,7 +48,7 @@ from mmada.rl import (
     rollout_text,
     score_rollout,
 )
-from mmada.tokenization import SequenceBuilder
+from mmada.tokenization import SequenceBuilder, load_text_tokenizer
 from mmada.training.config import DataSpec, TrainConfig
 from mmada.training.module import MMaDAModule
 
@@ -76,8 +78,6 @@ def _prompt_record(task: str, sample: dict[str, Any]) -> dict[str, Any] | None:
 
 def load_prompts(data: DataSpec, split: str = "train") -> dict[str, list[dict[str, Any]]]:
     """Prompt records per task stream, read (checksum-verified) from the curated shard sets."""
-    from mmada.data.shards import ShardSet
-
     out: dict[str, list[dict[str, Any]]] = {}
     for task, stream in data.streams.items():
         recs = []
@@ -164,8 +164,6 @@ class GRPOModule(MMaDAModule):
 
     # ------------------------------------------------------------------ rollouts
     def _builder(self) -> SequenceBuilder:
-        from mmada.tokenization import load_text_tokenizer
-
         b = getattr(self, "_sb", None)
         if b is None:
             tok = load_text_tokenizer(self.init_dir) if self.init_dir and Path(self.init_dir, "tokenizer.json").is_file() \
@@ -178,15 +176,12 @@ class GRPOModule(MMaDAModule):
         """(P, N) image codes of MMU prompts: shard codes, else the image tokenizer on the PNGs."""
         if all(r["codes"] is not None for r in recs):
             return torch.from_numpy(np.stack([np.asarray(r["codes"], dtype=np.int64) for r in recs]))
-        from mmada.models.vq.preprocess import images_to_tensor
 
         imgs = [Image.open(io.BytesIO(r["png"])).convert("RGB") for r in recs]
         pixels = images_to_tensor(imgs, self.cfg.data.image_resolution, self.cfg.data.image_resize).to(self.device)
         return self.image_tokenizer().encode(pixels).cpu()
 
     def _decode_images(self, codes: torch.Tensor) -> list[Image.Image]:
-        from mmada.models.vq.preprocess import tensor_to_images
-
         with torch.no_grad():
             return tensor_to_images(self.image_tokenizer().decode(codes.to(self.device)))  # (N, 3, H, W)
 
