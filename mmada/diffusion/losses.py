@@ -52,16 +52,14 @@ def sft_loss(
 
 
 def t2i_loss(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """MaskGIT loss: plain mean CE over masked image tokens."""
-    if not bool(masked.any()):
-        return logits.sum() * 0.0
-    return _token_ce(logits, targets, masked).mean()
+    """MaskGIT loss: plain mean CE over masked image tokens (0, still attached to the graph, when none is)."""
+    return _token_ce(logits, targets, masked).sum() / masked.sum().clamp(min=1)
 
 
 def masked_accuracy(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    if not bool(masked.any()):
-        return torch.tensor(float("nan"))
-    return (logits[masked].argmax(-1) == targets[masked]).float().mean()
+    """Argmax accuracy over masked positions; NaN when none is masked (no host sync to ask)."""
+    hits = (logits.argmax(-1) == targets) & masked
+    return hits.sum().float() / masked.sum().float()
 
 
 @dataclass
@@ -69,7 +67,7 @@ class LossOutput:
     loss: torch.Tensor  # weighted total (scalar, differentiable)
     per_task: dict[str, torch.Tensor]  # detached per-task losses
     accuracy: dict[str, torch.Tensor]  # masked-token accuracy per task
-    num_masked: dict[str, int]
+    num_masked: dict[str, torch.Tensor]  # () long, on the logits' device
 
 
 def _pad_to(batch: SequenceBatch, length: int, pad_id: int) -> SequenceBatch:
@@ -156,5 +154,5 @@ def unified_loss(
         total = total + coeffs.get(k, 1.0) * loss
         per_task[k] = loss.detach()
         acc[k] = masked_accuracy(lg.detach(), b.input_ids, m)
-        counts[k] = int(m.sum())
+        counts[k] = m.sum()
     return LossOutput(total, per_task, acc, counts)

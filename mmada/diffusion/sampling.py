@@ -46,6 +46,7 @@ from mmada.diffusion.masking import get_schedule
 from mmada.diffusion.parallel import confident_counts, num_transfer_tokens
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import SamplerError
+from mmada.models import check_ids
 
 StepCallback = Callable[[dict], None]
 
@@ -65,10 +66,14 @@ def add_gumbel_noise(
     return logits.exp() / (-torch.log(u)) ** temperature
 
 
-def _check_prompt(prompt_ids: torch.Tensor, mask_id: int, attention_mask: torch.Tensor | None) -> None:
-    """The tensors' side of the contract (the settings validate themselves)."""
+def _check_prompt(prompt_ids: torch.Tensor, mask_id: int, attention_mask: torch.Tensor | None, model=None) -> None:
+    """The tensors' side of the contract (the settings validate themselves); once per call, so the
+    model's per-forward id check (CPU only) is not needed on an accelerator."""
     if prompt_ids.dim() != 2:
         raise SamplerError(f"prompt_ids must be (batch, prompt_len), got shape {tuple(prompt_ids.shape)}")
+    vocab = getattr(getattr(model, "config", None), "embedding_size", None)
+    if isinstance(vocab, int) and prompt_ids.device.type != "cpu":
+        check_ids(prompt_ids, vocab)
     real = prompt_ids == mask_id
     if attention_mask is not None:
         if attention_mask.shape != prompt_ids.shape:
@@ -79,6 +84,19 @@ def _check_prompt(prompt_ids: torch.Tensor, mask_id: int, attention_mask: torch.
     if bool(real.any()):
         rows = sorted({int(r) for r in real.nonzero()[:, 0]})
         raise SamplerError(f"prompt rows {rows} contain the mask token id {mask_id}; remove it from the prompt")
+
+
+def top_k_mask(conf: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(B, K) bool: True at the ``counts[j]`` (B,) highest ``conf`` (B, K) of each row.
+
+    One batched sort instead of a ``topk`` per row (whose ``k`` would be read back to the host every
+    step). Equal confidences go to the lower position, as ``topk`` does on these inputs (ties among
+    masked positions; the ``-inf`` of decoded ones is never reached because ``counts`` ≤ masked).
+    """
+    order = torch.sort(conf, dim=-1, descending=True, stable=True).indices  # (B, K)
+    ranks = torch.arange(conf.shape[-1], device=conf.device)
+    take = ranks[None, :] < counts.to(conf.device)[:, None]  # (B, K) in rank order
+    return torch.zeros_like(take).scatter_(-1, order, take)
 
 
 def _check_settings(settings, kind: type) -> None:
@@ -130,7 +148,7 @@ def generate_text(
     """
     _check_settings(settings, SamplerSettings)
     mask_id = _mask_id(model, mask_id)
-    _check_prompt(prompt_ids, mask_id, attention_mask)
+    _check_prompt(prompt_ids, mask_id, attention_mask, model)
     s = settings
     gen_length, block_length, threshold, factor = s.gen_length, s.block_length, s.threshold, s.factor
     stop_at_eos, remasking, cfg_scale, temperature = s.stop_at_eos, s.remasking, s.cfg_scale, s.temperature
@@ -178,11 +196,7 @@ def generate_text(
             counts = k_per_step[:, i]  # (B,)
             if dynamic:
                 counts = confident_counts(conf, counts, threshold=threshold, factor=factor)
-            transfer = torch.zeros_like(masked)
-            for j in range(B):
-                k = int(counts[j])
-                if k:
-                    transfer[j, torch.topk(conf[j], k=k).indices] = True
+            transfer = top_k_mask(conf, counts)  # (B, block): each row's counts[j] most confident
             x[:, s:e] = torch.where(transfer, x0, x[:, s:e])
             if on_step is not None:
                 on_step({"block": b, "step": i, "x": x.clone(), "transfer": transfer.clone(),

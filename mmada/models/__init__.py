@@ -8,7 +8,7 @@ checkpoint directories load with ``AutoModel.from_pretrained(path)`` and no ``tr
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from mmada.models.configuration import PRESETS, LLaDAConfig, MMaDAConfig
-from mmada.models.modeling import MMaDABlock, MMaDAModelLM
+from mmada.models.modeling import MMaDABlock, MMaDAModelLM, check_ids
 
 
 class LLaDAModelLM(MMaDAModelLM):
@@ -26,4 +26,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["PRESETS", "LLaDAConfig", "LLaDAModelLM", "MMaDABlock", "MMaDAConfig", "MMaDAModelLM"]
+__all__ = ["PRESETS", "LLaDAConfig", "LLaDAModelLM", "MMaDABlock", "MMaDAConfig", "MMaDAModelLM", "check_ids"]

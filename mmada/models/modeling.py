@@ -124,12 +124,23 @@ def build_attention_bias(
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, {k_len})"
             )
         keep = attention_mask.bool()
-        if not bool(keep.all()):
+        # Skipping an all-True mask keeps SDPA on its unmasked kernels, but asking costs a device→host
+        # sync on an accelerator: there the (all-zero) pad bias is built instead, with the same result.
+        if keep.device.type != "cpu" or not bool(keep.all()):
             pad = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
             pad.masked_fill_(~keep, torch.finfo(dtype).min)
             pad = pad[:, None, None, :]  # (B, 1, 1, k_len)
             bias = pad if bias is None else torch.maximum(bias + pad, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
     return bias
+
+
+def check_ids(input_ids: torch.Tensor, vocab: int) -> None:
+    """Raise :class:`ConfigError` when ``input_ids`` hold ids outside ``[0, vocab)`` (one sync on a device)."""
+    if input_ids.numel():
+        lo, hi = (int(v) for v in torch.aminmax(input_ids))
+        if lo < 0 or hi >= vocab:
+            raise ConfigError(f"input_ids contain ids outside [0, {vocab}) (min {lo}, max {hi}): "
+                              "tokenizer and checkpoint vocab disagree")
 
 
 class KVCache:
@@ -344,11 +355,10 @@ class MMaDAModelLM(PreTrainedModel):
             )
         if input_ids.dim() != 2:
             raise ConfigError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() and (int(input_ids.max()) >= self.config.embedding_size or int(input_ids.min()) < 0):
-            raise ConfigError(
-                f"input_ids contain ids outside [0, {self.config.embedding_size}) "
-                f"(min {int(input_ids.min())}, max {int(input_ids.max())}): tokenizer and checkpoint vocab disagree"
-            )
+        if input_ids.device.type == "cpu":
+            # On an accelerator this check is a device→host sync per forward: ids are checked where they
+            # enter instead (check_ids in the training module's batch transfer and the samplers' prompts).
+            check_ids(input_ids, self.config.embedding_size)
         logits, hidden = self.model(
             input_ids,
             attention_mask=attention_mask,

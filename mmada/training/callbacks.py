@@ -129,7 +129,8 @@ class SpeedMonitor(Callback):
         self._steps += 1
         if self._steps % trainer.log_every_n_steps == 0 and self._t0 is not None:
             dt = time.perf_counter() - self._t0
-            rate = self._tokens * trainer.world_size / max(dt, 1e-9)
+            # last_batch_tokens may be a device tensor: summed without syncing, converted once per window
+            rate = float(self._tokens) * trainer.world_size / max(dt, 1e-9)
             self.history.append(rate)
             pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
             pl_module.log("perf/step_time_s", dt / trainer.log_every_n_steps, rank_zero_only=True)

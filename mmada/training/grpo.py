@@ -238,7 +238,7 @@ class GRPOModule(MMaDAModule):
             self.log(f"{task}/clip_ratio/low_mean", res.clip_ratio_low, batch_size=n)
             self.log(f"{task}/clip_ratio/high_mean", res.clip_ratio_high, batch_size=n)
             self.log(f"{task}/clip_ratio/region_mean", res.clip_ratio, batch_size=n)
-        self.last_batch_tokens = int(sum(int(s.rollout.attention_mask.sum()) for _, s, _, _, _ in self._cache))
+        self.last_batch_tokens = sum(s.rollout.attention_mask.sum() for _, s, _, _, _ in self._cache)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=1)
         self.log("train/lr", self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"], batch_size=1)
         return total

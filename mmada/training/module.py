@@ -29,7 +29,7 @@ from mmada.data.vq import load_tokenizer_model
 from mmada.diffusion import unified_loss
 from mmada.errors import ConfigError
 from mmada.files import write_json
-from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.models import MMaDAConfig, MMaDAModelLM, check_ids
 from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
 from mmada.training.config import TrainConfig
@@ -110,6 +110,15 @@ class MMaDAModule(L.LightningModule):
             vq.to(self.device)
         return vq
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check token ids while the batch is still on the host (the model checks them only on CPU:
+        on an accelerator that check would be a device→host sync every step)."""
+        if isinstance(batch, dict):
+            for b in batch.values():
+                if isinstance(b, dict) and isinstance(b.get("input_ids"), torch.Tensor):
+                    check_ids(b["input_ids"], self.model.config.embedding_size)
+        return batch
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Encode ``pixel_values`` of rows without shard codes and write them into the image slots."""
         for task, b in batch.items():
@@ -186,13 +195,12 @@ class DiffusionModule(MMaDAModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         res = self._loss(batch, self.coeffs)
         rows = sum(b["input_ids"].shape[0] for b in batch.values())
-        self.last_batch_tokens = int(sum(b["attention_mask"].sum() for b in batch.values()))
+        # a tensor: SpeedMonitor converts its window's sum once per log (no per-step device→host sync)
+        self.last_batch_tokens = sum(b["attention_mask"].sum() for b in batch.values())
         self.log("train/loss", res.loss.detach(), prog_bar=True, batch_size=rows)
         for task, value in res.per_task.items():
             self.log(f"train/loss_{task}", value, batch_size=batch[task]["input_ids"].shape[0])
-            acc = res.accuracy[task]
-            if not math.isnan(float(acc)):
-                self.log(f"train/acc_{task}", acc.to(self.device), batch_size=batch[task]["input_ids"].shape[0])
+            self.log(f"train/acc_{task}", res.accuracy[task], batch_size=batch[task]["input_ids"].shape[0])
         opt = self.optimizers(use_pl_optimizer=False)
         self.log("train/lr", opt.param_groups[0]["lr"], batch_size=rows)
         if self.cfg.data.trace_keys:
