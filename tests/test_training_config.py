@@ -1,6 +1,6 @@
 """Stage configs, overrides and their errors; the optimizer rules; the parallelism policies (CPU, unit level).
 
-The real FSDP run is ``test_fsdp_training_on_gpu`` (marked ``gpu``).
+FSDP2 runs in tests/test_training_fsdp.py (two gloo processes) and ``test_fsdp_training_on_gpu``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from mmada.errors import ConfigError
-from mmada.models import MMaDABlock, MMaDAConfig, MMaDAModelLM
+from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.training.config import STAGE_COEFFS, Stage, load_train_config
 from mmada.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
-from mmada.training.parallelize import apply_activation_checkpointing, build_strategy, fsdp_kwargs
+from mmada.training.parallelize import apply_activation_checkpointing, build_strategy
 from mmada.training.trainer import resolve_precision
 from tests.test_training_support import TINY_OVERRIDES
 
@@ -130,36 +130,6 @@ def test_cosine_schedule_with_warmup_values():
 # ---------------------------------------------------------------------------------------------- parallelism
 
 
-def test_fsdp_policy_wraps_and_checkpoints_the_block():
-    from lightning.pytorch.strategies import FSDPStrategy
-    from torch.distributed.fsdp import ShardingStrategy
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-    path = REPO / "configs/train/8b_pretrain.yaml"
-    multi = load_train_config(path, ["trainer.num_nodes=2", "trainer.devices=8"])
-    kw = fsdp_kwargs(multi.trainer)
-    assert kw["sharding_strategy"] == "HYBRID_SHARD" and kw["device_mesh"] == (2, 8)  # shard in node, replicate across
-    assert kw["auto_wrap_policy"] == {MMaDABlock} and kw["activation_checkpointing_policy"] == {MMaDABlock}
-    assert kw["state_dict_type"] == "sharded" and kw["use_orig_params"]
-    single = fsdp_kwargs(load_train_config(path, ["trainer.num_nodes=1"]).trainer)
-    assert single["sharding_strategy"] == "FULL_SHARD" and "device_mesh" not in single
-
-    strategy = build_strategy(multi.trainer, "gpu")
-    assert isinstance(strategy, FSDPStrategy)
-    assert strategy.sharding_strategy == ShardingStrategy.HYBRID_SHARD
-    assert strategy._state_dict_type == "sharded" and strategy.kwargs["device_mesh"] == (2, 8)
-    policy = strategy.kwargs["auto_wrap_policy"]
-    assert isinstance(policy, ModuleWrapPolicy)
-    model = MMaDAModelLM(MMaDAConfig.from_preset("tiny", **{**TINY_OVERRIDES, "n_layers": 3}))
-    wrapped = policy._run_policy(model, set(), {})
-    units = [m for m in wrapped if m is not model]
-    assert len(units) == 3 and all(isinstance(m, MMaDABlock) for m in units)  # blocks; embeddings/head stay in root
-    ac_policy = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]  # recompute unit = the block
-    assert isinstance(ac_policy, ModuleWrapPolicy) and ac_policy._module_classes == {MMaDABlock}
-    with pytest.raises(ConfigError, match="fsdp needs GPUs"):
-        build_strategy(multi.trainer, "cpu")
-
-
 def test_ddp_strategy_and_precision_choices():
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -186,3 +156,26 @@ def test_activation_checkpointing_keeps_gradients():
         m(x).logits.float().pow(2).mean().backward()
     for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=n)
+
+
+def test_compiled_blocks_compute_what_eager_blocks_do():
+    """trainer.compile: each block compiled in place (regional), names and numerics unchanged."""
+    from mmada.training.parallelize import parallelize
+    from mmada.training.specs import TrainerSpec
+
+    cfg = MMaDAConfig.from_preset("tiny", **{**TINY_OVERRIDES, "n_layers": 2})
+    torch.manual_seed(0)
+    eager = MMaDAModelLM(cfg)
+    compiled = MMaDAModelLM(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    parallelize(compiled, TrainerSpec(compile=True, activation_checkpointing=True))
+    blocks = compiled.model.transformer.blocks
+    assert all(b._compiled_call_impl is not None for b in blocks)  # the blocks, not the whole model
+    assert compiled._compiled_call_impl is None
+    assert set(compiled.state_dict()) == set(eager.state_dict())  # no _orig_mod. prefixes
+    x = torch.randint(0, cfg.vocab_size, (2, 12))
+    for m in (eager, compiled):
+        m(x).logits.float().pow(2).mean().backward()
+    torch.testing.assert_close(compiled(x).logits, eager(x).logits, atol=1e-5, rtol=1e-4)
+    for (n, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=n)

@@ -149,8 +149,8 @@ class GRPOModule(MMaDAModule):
         object.__setattr__(self, "_reference", None)  # frozen π_ref: not a submodule (never optimised/saved)
 
     # ------------------------------------------------------------------ reference policy
-    def configure_model(self) -> None:
-        super().configure_model()
+    def on_model_built(self) -> None:
+        """π_ref: a frozen full copy of the initial weights (made before sharding or compilation)."""
         if self.grpo.beta > 0 and self._reference is None:
             ref = type(self.model)(self.model.config)
             ref.load_state_dict(self.model.state_dict())

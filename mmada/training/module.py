@@ -34,6 +34,7 @@ from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
 from mmada.training.config import TrainConfig
 from mmada.training.optim import build_optimizer, build_scheduler
+from mmada.training.trainer import resolve_precision
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "prompt_mask", "image_mask")
 
@@ -63,8 +64,15 @@ class MMaDAModule(L.LightningModule):
                 torch.manual_seed(self.cfg.seed)
                 self.model = MMaDAModelLM(self.model_config)
         self.model.train()
-        if self.cfg.trainer.activation_checkpointing and self.cfg.trainer.strategy != "fsdp":
-            parallelize.apply_activation_checkpointing(self.model)
+        self.on_model_built()
+        spec = self.cfg.trainer
+        mesh = self.device_mesh if spec.strategy == "fsdp" else None  # set by the FSDP2 strategy before this hook
+        accelerator = "gpu" if mesh is not None and mesh.device_type == "cuda" else "cpu"
+        dtype = parallelize.fsdp_precision(spec, resolve_precision(spec.precision, accelerator))[1]
+        parallelize.parallelize(self.model, spec, mesh, dtype)
+
+    def on_model_built(self) -> None:
+        """Called once the model is built and before it is parallelized (its state dict is still plain tensors)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
         """The model's forward; ``kwargs`` are the samplers' KV-cache arguments (``kv_cache``,

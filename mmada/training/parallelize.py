@@ -1,14 +1,23 @@
-"""Parallelism, applied in one place: the strategy (DDP / FSDP), the FSDP wrap and activation-checkpoint
-units, and gathering a full state dict for export. The model (``mmada.models``) knows none of this.
+"""Parallelism, applied in one place: the strategy (DDP / FSDP2), per-block sharding, activation
+checkpointing and compilation, and gathering a full state dict for export. The model
+(``mmada.models``) knows none of this.
 
     strategy = build_strategy(cfg.trainer, accelerator="gpu")     # what the Trainer gets
-    apply_activation_checkpointing(model)                          # non-FSDP runs that trade compute for memory
-    state = full_state_dict(trainer)                               # collective; full CPU tensors on every rank
+    parallelize(model, cfg.trainer, mesh, precision)               # the module's configure_model
+    state = full_state_dict(trainer)                               # collective when sharded
 
-FSDP: the transformer block (:class:`~mmada.models.MMaDABlock`) is both the wrap unit and the
-activation-checkpointing unit; embeddings, final norm and LM head stay in the root unit.
-``HYBRID_SHARD`` (shard inside a node, replicate across nodes, device mesh ``(num_nodes, devices)``)
-is used automatically when ``num_nodes > 1``; checkpoints are sharded (one DCP directory per save).
+The transformer block (:class:`~mmada.models.MMaDABlock`) is the unit of everything, in torchtitan's
+order (``torchtitan/models/llama3/infra/parallelize.py``): activation checkpointing wraps each block,
+``torch.compile`` compiles each block (regional compilation: one graph reused by every block, and the
+wrapping around it stays per block), then FSDP2's ``fully_shard`` shards each block and finally the
+root (embeddings, final norm and LM head stay in the root unit).
+
+FSDP (``trainer.strategy: fsdp``) is FSDP2, per-parameter sharding over DTensors, through Lightning's
+``ModelParallelStrategy``: bf16-mixed means bf16 parameters in compute with fp32 gradient reduction
+and fp32 sharded master weights (``MixedPrecisionPolicy``); ``FULL_SHARD`` reshards after forward,
+``SHARD_GRAD_OP`` keeps the gathered parameters until backward; ``HYBRID_SHARD`` (automatic when
+``num_nodes > 1``) shards inside a node and replicates across nodes on a ``(nodes, devices)`` mesh.
+Checkpoints are sharded (one DCP directory per save) or, with ``state_dict_type: full``, one file.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
 
 from mmada.errors import ConfigError
@@ -33,41 +42,95 @@ def sharding_strategy(spec: TrainerSpec) -> str:
     return s
 
 
-def fsdp_kwargs(spec: TrainerSpec) -> dict[str, Any]:
-    """Keyword arguments of Lightning's ``FSDPStrategy`` for this trainer config."""
-    strategy = sharding_strategy(spec)
-    kwargs: dict[str, Any] = dict(
-        auto_wrap_policy=set(WRAP_UNITS),
-        activation_checkpointing_policy=set(WRAP_UNITS) if spec.fsdp.activation_checkpointing else None,
-        sharding_strategy=strategy,
-        state_dict_type=spec.fsdp.state_dict_type,
-        cpu_offload=spec.fsdp.cpu_offload,
-        limit_all_gathers=True,
-        use_orig_params=True,  # optimizer groups by parameter name (no-decay rule)
-    )
-    if strategy == "HYBRID_SHARD":
-        if spec.devices == "auto":
-            raise ConfigError("trainer.devices: HYBRID_SHARD needs an explicit number of devices per node")
-        kwargs["device_mesh"] = (spec.num_nodes, int(spec.devices))  # (replicas = nodes, shards = GPUs/node)
-    if spec.process_group_backend:
-        kwargs["process_group_backend"] = spec.process_group_backend
-    return kwargs
+def devices_per_node(spec: TrainerSpec, accelerator: str) -> int:
+    if spec.devices != "auto":
+        return int(spec.devices)
+    return max(1, torch.cuda.device_count()) if accelerator == "gpu" else 1
+
+
+def fsdp_precision(spec: TrainerSpec, precision: str) -> tuple[str, torch.dtype | None]:
+    """(the Trainer's precision, FSDP2's compute dtype): under FSDP, bf16-mixed is FSDP2's own mixed
+    precision (bf16 compute, fp32 reduce and master weights), so Lightning adds no autocast."""
+    if spec.strategy == "fsdp" and precision == "bf16-mixed":
+        return "32-true", torch.bfloat16
+    if spec.strategy == "fsdp" and precision == "16-mixed":
+        raise ConfigError("trainer.precision: 16-mixed under fsdp needs a gradient scaler; use bf16-mixed")
+    return precision, None
 
 
 def build_strategy(spec: TrainerSpec, accelerator: str) -> str | Strategy:
-    """``auto`` for one process; DDP or FSDP (see module docstring) otherwise."""
+    """``auto`` for one process; DDP or FSDP2 (see module docstring) otherwise."""
     world = None if spec.devices == "auto" else int(spec.devices) * spec.num_nodes
+    backend = spec.process_group_backend or ("gloo" if accelerator == "cpu" else "nccl")
     if spec.strategy == "fsdp":
-        if accelerator == "cpu":
-            raise ConfigError("trainer.strategy: fsdp needs GPUs (accelerator gpu); use ddp on CPU")
-        return FSDPStrategy(**fsdp_kwargs(spec))
+        if sharding_strategy(spec) == "NO_SHARD":
+            raise ConfigError("trainer.fsdp.sharding_strategy: NO_SHARD is DDP; use trainer.strategy: ddp")
+        # a (world, 1) mesh: every rank is a data-parallel rank (no tensor parallelism)
+        return ModelParallelStrategy(data_parallel_size=devices_per_node(spec, accelerator) * spec.num_nodes,
+                                     tensor_parallel_size=1,
+                                     save_distributed_checkpoint=spec.fsdp.state_dict_type == "sharded",
+                                     process_group_backend=backend)
     if spec.strategy == "ddp" or (spec.strategy == "auto" and (world is None or world > 1)):
         if world == 1 and spec.strategy == "auto":
             return "auto"
-        backend = spec.process_group_backend or ("gloo" if accelerator == "cpu" else "nccl")
         return DDPStrategy(process_group_backend=backend, find_unused_parameters=False,
                            gradient_as_bucket_view=True)
     return "auto"
+
+
+def blocks_of(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks (the unit of checkpointing, compilation and sharding)."""
+    return model.model.transformer.blocks
+
+
+def parallelize(model: nn.Module, spec: TrainerSpec, mesh=None, compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """Apply activation checkpointing, compilation and (with a device ``mesh``) FSDP2 to ``model``, in place.
+
+    ``mesh``: the strategy's device mesh (``LightningModule.device_mesh``) under ``strategy: fsdp``,
+    else None. ``compute_dtype``: FSDP2's parameter dtype in compute (:func:`fsdp_precision`).
+    """
+    sharded = mesh is not None
+    if spec.activation_checkpointing or (sharded and spec.fsdp.activation_checkpointing):
+        apply_activation_checkpointing(model)
+    if spec.compile:
+        apply_compile(model)
+    if sharded:
+        apply_fsdp(model, spec, mesh, compute_dtype)
+    return model
+
+
+def apply_compile(model: nn.Module) -> int:
+    """Compile each block in place (``nn.Module.compile``); returns the number of blocks compiled.
+
+    Every block has the same code, so the compiler traces one graph and reuses it (``dynamic=False``
+    still recompiles per new shape); RMSNorm and RoPE keep their fp32 casts, which the compiler fuses
+    with their neighbours instead of running them as separate kernels.
+    """
+    blocks = blocks_of(model)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def apply_fsdp(model: nn.Module, spec: TrainerSpec, mesh, compute_dtype: torch.dtype | None) -> None:
+    """``fully_shard`` each block, then the root (see the module docstring)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    strategy = sharding_strategy(spec)
+    if strategy == "HYBRID_SHARD" and spec.num_nodes > 1:
+        per_node = mesh.size() // spec.num_nodes
+        mesh = init_device_mesh(mesh.device_type, (spec.num_nodes, per_node), mesh_dim_names=("replicate", "shard"))
+    elif mesh.ndim > 1:
+        mesh = mesh["data_parallel"]
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": strategy != "SHARD_GRAD_OP"}
+    if compute_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    if spec.fsdp.cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for block in blocks_of(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
@@ -89,7 +152,7 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
 
 def is_sharded(trainer) -> bool:
     """True when parameters are sharded, i.e. every rank must take part in any forward pass."""
-    return isinstance(trainer.strategy, FSDPStrategy)
+    return isinstance(trainer.strategy, ModelParallelStrategy)
 
 
 def model_weights(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -54,7 +54,7 @@ class TrainerSpec(Strict):
     """Processes per node (GPUs per node; SLURM ``--ntasks-per-node``)."""
     num_nodes: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    """``auto``: single process, or DDP when there are several."""
+    """``auto``: single process, or DDP when there are several; ``fsdp``: FSDP2 (per-parameter sharding)."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     """``auto``: ``bf16-mixed`` on GPU, ``32-true`` on CPU."""
     accumulate_grad_batches: int = Field(1, ge=1)
@@ -65,6 +65,8 @@ class TrainerSpec(Strict):
     """Run validation every N optimizer steps (None: only at the end of the run; 0 batches disables it)."""
     activation_checkpointing: bool = False
     """Recompute transformer blocks in backward without FSDP (memory for compute)."""
+    compile: bool = False
+    """``torch.compile`` each transformer block (regional compilation; mmada.training.parallelize)."""
     fsdp: FSDPSpec = Field(default_factory=FSDPSpec)
     matmul_precision: Literal["highest", "high", "medium"] = "high"
     process_group_backend: Literal["nccl", "gloo"] | None = None

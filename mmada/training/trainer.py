@@ -5,8 +5,9 @@
 Decisions made here, once:
 
 * precision ``auto`` = ``bf16-mixed`` on GPU (fp32 master weights) and ``32-true`` on CPU;
-* the strategy comes from :func:`mmada.training.parallelize.build_strategy` (DDP, or FSDP with the
-  block as wrap/checkpoint unit and HYBRID_SHARD across nodes);
+* the strategy comes from :func:`mmada.training.parallelize.build_strategy` (DDP, or FSDP2 with the
+  block as shard/checkpoint/compile unit and HYBRID_SHARD across nodes); under FSDP, bf16-mixed is
+  FSDP2's own mixed precision, so the Trainer itself runs 32-true;
 * data modules split the data across ranks themselves (WebDataset iterables; the image
   tokenizer's ``DistributedSampler``): Lightning adds no sampler, and rebuilds the loaders every
   epoch so they are re-seeded from the current step or epoch;
@@ -21,7 +22,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from mmada.training.parallelize import build_strategy
+from mmada.training.parallelize import build_strategy, fsdp_precision
 from mmada.training.specs import RunConfig
 
 
@@ -50,7 +51,7 @@ def build_trainer(cfg: RunConfig, *, logger=None, callbacks=None, progress_bar: 
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(t, accelerator),
-        precision=resolve_precision(t.precision, accelerator),
+        precision=fsdp_precision(t, resolve_precision(t.precision, accelerator))[0],
         max_steps=t.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=t.accumulate_grad_batches,
