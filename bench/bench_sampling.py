@@ -351,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t2i-text-len", type=int, default=32, help="caption budget (the official layout uses 128)")
     p.add_argument("--cache-dir", default="runs/bench_cache", help="where the trained accuracy model is kept")
     p.add_argument("--train-steps", type=int, default=None, help=f"accuracy model training steps ({RECIPE['steps']})")
+    p.add_argument("--accuracy-preset", default=RECIPE["preset"],
+                   help="preset of the accuracy model (trained in-script on --device; e.g. small on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 problems, batch 8 only, 1 block, fewer steps")
     p.add_argument("--json", default=None, help="also write all rows to this JSON file")
@@ -385,9 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.time()
     rows: list[Row] = []
     if "accuracy" in sections:
-        recipe = RECIPE if args.train_steps is None else {**RECIPE, "steps": args.train_steps}
+        recipe = {**RECIPE, "preset": args.accuracy_preset}
+        if args.train_steps is not None:
+            recipe["steps"] = args.train_steps
         ckpt = train_arithmetic_model(Path(args.cache_dir), recipe, device=args.device)
         lm = load_checkpoint(ckpt, device=args.device)
+        lm.model.to(dtype)  # sampled in --dtype (trained in fp32)
         print(f"accuracy model: {ckpt} ({json.loads((ckpt / 'recipe.json').read_text())})", flush=True)
         acc_rows = accuracy_section(lm, args, configs)
         rows += acc_rows
@@ -396,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     if "t2i" in sections:
         rows += t2i_section(args, device, dtype)
 
-    print_table(f"[accuracy] tiny preset trained on arithmetic, {args.device} fp32, gen {GEN}/block {BLOCK}/"
+    print_table(f"[accuracy] {args.accuracy_preset} preset trained on arithmetic, {args.device} {args.dtype}, "
+                f"gen {GEN}/block {BLOCK}/"
                 f"steps {GEN}, greedy; acc over {args.n_problems} problems (batch-1 rows: first {args.n_batch1})",
                 [r for r in rows if r.section == "accuracy"])
     print_table(f"[speed] {args.preset} preset, random init, {args.device} {args.dtype}; blocks timed per batch "

@@ -3,14 +3,18 @@ loop doing the same steps on the same batches, and (on a GPU) model FLOPs utilis
 
     python bench/bench_training.py                        # CPU: tiny and small presets, tokens/s + overhead ratio
     python bench/bench_training.py --sizes tiny --steps 30 --threads 1
-    python bench/bench_training.py --mfu                  # GPU: the 1b preset in bf16-mixed, MFU of both loops
+    python bench/bench_training.py --mfu                  # GPU: the 1b preset in bf16-mixed, eager vs compiled MFU
+    python bench/bench_training.py --mfu --seq-len 1024 2048 --rows 0 --plain   # largest batch that fits; + plain loop
 
 CPU mode trains on real rows: the built-in arithmetic (lm), shapes (t2i) and shapes VQA (mmu)
 specs are curated into a temp dir (images tokenized with an untrained tiny MAGVIT-v2), and the
 data module's first batches are materialised once, so both loops see identical tensors and only
 the loop differs. ``--mfu`` uses lm rows of random tokens (length ``--seq-len``, no padding), the
 shape that matters for FLOPs. Both loops: masked-diffusion ``unified_loss``, backward, global-norm
-clipping, AdamW, cosine schedule; bf16 autocast on GPU (Lightning ``bf16-mixed``).
+clipping, AdamW, cosine schedule; bf16 autocast on GPU (Lightning ``bf16-mixed``). ``--mfu`` times the
+Lightning loop (what ``mmada train`` runs) eager and with ``trainer.compile: true`` (each block compiled)
+at every ``--seq-len``, and prints compiled/eager as a ratio; ``--rows 0`` finds the largest batch
+(powers of two) whose eager step fits in memory.
 
 MFU = tokens/s · (6·N + 12·L·T·d) / peak, with N the parameters except the input embedding
 (the untied LM head is a real matmul) and the attention term for full (non-causal) attention.
@@ -86,7 +90,8 @@ def random_lm_batches(n: int, rows: int, seq_len: int, special: SpecialTokenIds)
     return out
 
 
-def _config(workdir: Path, preset: str, accelerator: str, steps: int, overrides: dict | None = None):
+def _config(workdir: Path, preset: str, accelerator: str, steps: int, overrides: dict | None = None,
+            compile: bool = False):
     streams = {"t2i": {"manifests": [str(workdir / "shapes")], "batch_size": 4, "max_text_len": 32},
                "lm": {"manifests": [str(workdir / "arithmetic")], "batch_size": 4, "max_text_len": 256},
                "mmu": {"manifests": [str(workdir / "shapes_vqa")], "batch_size": 4, "max_text_len": 192}}
@@ -96,7 +101,8 @@ def _config(workdir: Path, preset: str, accelerator: str, steps: int, overrides:
         "data": {"streams": streams, "shuffle_buffer": 50, "cond_dropout_prob": 0.0},
         "optim": {"lr": 3e-4, "warmup_steps": 2},
         "trainer": {"accelerator": "gpu" if accelerator == "cuda" else "cpu", "max_steps": steps,
-                    "log_every_n_steps": 1, "precision": "bf16-mixed" if accelerator == "cuda" else "32-true"},
+                    "log_every_n_steps": 1, "precision": "bf16-mixed" if accelerator == "cuda" else "32-true",
+                    "compile": compile},
     })
 
 
@@ -182,8 +188,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="CPU: alternate plain/Lightning runs this many times")
     p.add_argument("--mfu", action="store_true", help="GPU: MFU of --preset in bf16-mixed")
     p.add_argument("--preset", default="1b")
-    p.add_argument("--rows", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--rows", type=int, default=8, help="--mfu: rows per step (0: the largest that fits)")
+    p.add_argument("--seq-len", type=int, nargs="+", default=[1024])
+    p.add_argument("--plain", action="store_true", help="--mfu: also time the plain loop (Lightning's overhead)")
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # `--mfu --device cpu`: smoke test only
     args = p.parse_args()
@@ -213,6 +220,23 @@ def main() -> None:
                   f"{tokens / light:12.0f} {light / plain:8.3f}")
 
 
+def largest_rows(cfg, mc, special, seq_len: int, device: str, cap: int = 256) -> int:
+    """The largest power-of-two batch whose eager training step fits (two steps of the plain loop)."""
+    rows, best = 1, 0
+    while rows <= cap:
+        try:
+            plain_loop(cfg, mc, special, random_lm_batches(2, rows, seq_len, special), device, warmup=1)
+            best, rows = rows, rows * 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if not best:
+        sys.exit(f"not even one row of {seq_len} tokens fits")
+    return best
+
+
 def run_mfu(args, work: Path) -> None:
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -221,26 +245,33 @@ def run_mfu(args, work: Path) -> None:
     mc = MMaDAConfig.from_preset(args.preset)
     special = (SpecialTokenIds.official() if mc.llm_vocab_size == 126464
                else SpecialTokenIds.from_tokenizer(load_text_tokenizer("builtin")))
-    batches = random_lm_batches(args.steps, args.rows, args.seq_len, special)
-    cfg = _config(work, args.preset, device, args.steps)
-    fpt = flops_per_token(mc, args.seq_len)
-    tokens = args.rows * args.seq_len
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"# {name}; preset {args.preset} ({mc.num_parameters_estimate() / 1e9:.2f}B params); {args.rows}×{args.seq_len} "
-          f"tokens/step; {fpt / 1e9:.2f} GFLOP/token; peak {args.peak_tflops} TFLOP/s; {args.steps} steps "
-          f"({args.warmup} warm-up)")
-    results = {}
-    for label, loop in (("plain", plain_loop), ("lightning", lightning_loop)):
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        dt = results[label] = loop(cfg, mc, special, batches, device, args.warmup)
-        mfu = tokens / dt * fpt / (args.peak_tflops * 1e12)
-        mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-        print(f"{label:10} {dt * 1e3:8.1f} ms/step  {tokens / dt:10.0f} tokens/s  MFU {100 * mfu:5.1f}%  "
-              f"peak mem {mem:.1f} GiB", flush=True)
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    print(f"lightning/plain time per step: {results['lightning'] / results['plain']:.3f}")
+    print(f"# {name}; preset {args.preset} ({mc.num_parameters_estimate() / 1e9:.2f}B params); peak "
+          f"{args.peak_tflops} TFLOP/s; {args.steps} steps ({args.warmup} warm-up); Lightning loop", flush=True)
+    for seq_len in args.seq_len:
+        rows = args.rows or largest_rows(_config(work, args.preset, device, args.steps), mc, special, seq_len, device)
+        batches = random_lm_batches(args.steps, rows, seq_len, special)
+        fpt = flops_per_token(mc, seq_len)
+        tokens = rows * seq_len
+        print(f"## seq_len {seq_len}: {rows} rows ({tokens} tokens/step), {fpt / 1e9:.2f} GFLOP/token", flush=True)
+        loops = [("eager", lightning_loop, False), ("compiled", lightning_loop, True)]
+        if args.plain:
+            loops.insert(0, ("plain", plain_loop, False))
+        results = {}
+        for label, loop, compiled in loops:
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            cfg = _config(work, args.preset, device, args.steps, compile=compiled)
+            dt = results[label] = loop(cfg, mc, special, batches, device, args.warmup)
+            mfu = tokens / dt * fpt / (args.peak_tflops * 1e12)
+            mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            print(f"{label:10} {dt * 1e3:8.1f} ms/step  {tokens / dt:10.0f} tokens/s  MFU {100 * mfu:5.1f}%  "
+                  f"peak mem {mem:.1f} GiB", flush=True)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        print(f"compiled/eager tokens/s: {results['eager'] / results['compiled']:.3f}", flush=True)
+        if args.plain:
+            print(f"eager lightning/plain time per step: {results['eager'] / results['plain']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

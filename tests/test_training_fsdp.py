@@ -46,28 +46,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(cfg: dict, path: Path) -> None:
+def torchrun(cfg: dict, path: Path, procs: int) -> None:
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), "-m", "mmada", "train", str(path)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=subprocess_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def train_twice(data, out: Path, uri: str, strategy: str) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """6 steps, then 12 (resuming at step 6); returns the 12 logged losses and the exported weights."""
-    for steps in (6, 12):
-        cfg = tiny_config(data, out, uri, steps=steps, data={"val_batches": 0},
-                          trainer={"devices": 2, "strategy": strategy},
+def train_twice(data, out: Path, uri: str, strategy: str, procs: int = 2, steps: int = 6,
+                **trainer) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """``steps`` steps, then twice as many (resuming); returns the logged losses and the exported weights."""
+    for n in (steps, 2 * steps):
+        cfg = tiny_config(data, out, uri, steps=n, data={"val_batches": 0},
+                          trainer={"devices": procs, "strategy": strategy, **trainer},
                           checkpoint={"every_n_steps": 3}, optim={"warmup_steps": 2})
         cfg["tracking"]["registered_model"] = f"mmada-{strategy}"
-        torchrun(cfg, out.parent / f"{out.name}-{steps}.yaml")
+        torchrun(cfg, out.parent / f"{out.name}-{n}.yaml", procs)
     client = MlflowClient(uri)
-    experiment = load_train_config(out.parent / f"{out.name}-12.yaml").experiment
+    experiment = load_train_config(out.parent / f"{out.name}-{2 * steps}.yaml").experiment
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     history = [m for run in runs for m in client.get_metric_history(run.info.run_id, "train/loss")]
     losses = {m.step: m.value for m in history}
-    assert len(history) == len(losses) == 12  # the second command resumed at step 6: nothing trained twice
+    assert len(history) == len(losses) == 2 * steps  # the second command resumed: nothing trained twice
     return [losses[s] for s in sorted(losses)], load_file(out / "export" / "model.safetensors")
 
 
@@ -97,3 +98,20 @@ def test_fsdp_strategy_choices():
         build_strategy(load_train_config(path, ["trainer.fsdp.sharding_strategy=NO_SHARD"]).trainer, "gpu")
     with pytest.raises(ConfigError, match="16-mixed"):
         fsdp_precision(multi, "16-mixed")
+
+
+@pytest.mark.gpu
+def test_fsdp2_on_one_gpu_matches_a_single_process_run(data, tmp_path_factory, tmp_path):
+    """FSDP2 on one GPU trains, checkpoints, resumes and exports with the same losses as the plain run
+    (fp32, 2 × 10 steps); in bf16-mixed (FSDP2's MixedPrecisionPolicy) it trains and exports finite weights."""
+    gpu = {"accelerator": "gpu", "precision": "32-true"}
+    plain, plain_w = train_twice(data, tmp_path / "one", fresh_mlflow_uri(tmp_path_factory, tmp_path / "m1"), "auto",
+                                 procs=1, steps=10, **gpu)
+    fsdp, fsdp_w = train_twice(data, tmp_path / "fsdp", fresh_mlflow_uri(tmp_path_factory, tmp_path / "m2"), "fsdp",
+                               procs=1, steps=10, **gpu)
+    assert fsdp == pytest.approx(plain, abs=1e-3)
+    for name, w in plain_w.items():
+        torch.testing.assert_close(fsdp_w[name], w, atol=1e-3, rtol=1e-3, msg=name)
+    bf16, w = train_twice(data, tmp_path / "bf16", fresh_mlflow_uri(tmp_path_factory, tmp_path / "m3"), "fsdp",
+                          procs=1, steps=10, accelerator="gpu", precision="bf16-mixed", compile=True)
+    assert all(torch.isfinite(torch.tensor(bf16))) and all(torch.isfinite(t).all() for t in w.values())
