@@ -25,7 +25,7 @@ from mmada.files import sha256_file, sha256_json, write_text
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
 from mmada.pipeline.events import EVENTS_ENV, EventWriter
-from mmada.pipeline.launch import LaunchError, LaunchSpec, launch
+from mmada.pipeline.launch import LaunchError, LaunchOperator, LaunchSpec, launch
 from mmada.pipeline.report import Reporter, TeeReporter
 from mmada.tracking.lineage import git_commit
 from mmada.training.harness import TrainResult, read_result
@@ -65,6 +65,8 @@ class StageContext:
     tracking_uri: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra lineage tags for MLflow runs and model versions (e.g. ``prefect.flow_run_id``)."""
+    operator: LaunchOperator = field(default_factory=LaunchOperator.from_env)
+    """The programs jobs run (the operator's environment, never a run parameter)."""
 
     @classmethod
     def create(cls, reporter: Reporter, *, launch: LaunchSpec | None = None, outputs: StageOutputs | None = None,
@@ -197,7 +199,8 @@ def run_job(ctx: StageContext, stage: str, command: list[str], cfg: Any, *, run_
     try:
         launch(ctx.launch, [*command, str(cfg_path.resolve()), "--result-file", str(result_path.resolve())],
                workdir=work, job_name=f"mmada-{stage}", env=job_env(ctx, {"MLFLOW_RUN_ID": run_id}),
-               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps))
+               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps),
+               operator=ctx.operator)
         result = job_result(result_path, stage, f"mmada {what}")
     except BaseException:
         T.end_run(ctx.tracking_uri, run_id, "FAILED")
