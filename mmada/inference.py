@@ -16,6 +16,7 @@ from mmada.diffusion.sampling import generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.models import MMaDAModelLM
+from mmada.models.loading import load_model
 from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, left_pad, load_text_tokenizer
 
 
@@ -56,7 +57,7 @@ def load_checkpoint(
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         tok = load_text_tokenizer(tok_src)
-        model = MMaDAModelLM.from_pretrained(src, **kwargs).to(dev).eval()
+        model = load_model(src, **kwargs).to(dev).eval()
     except OSError as exc:  # not found locally, and the hub is offline / the repo does not exist
         raise MMaDAError(f"cannot load checkpoint {src!r}: {exc}") from exc
     special = SpecialTokenIds.from_tokenizer(tok)
