@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,112 @@ def test_rerun_of_a_finished_run_reports_its_version_without_registering_again(d
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert len(client.get_metric_history(first.run_id, "train/loss")) == loss_points  # nothing trained again
 
+
+# ------------------------------------------------------------------------------------------------
+# rows 9-11 and the bounds of a form: bad input is one line naming the value, rc 2, no traceback
+
+
+def mmada(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmada", *args], cwd=REPO, env={**subprocess_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The error, asserted to be one line (the last of stderr, after progress and info lines), rc 2, no traceback."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [ln for ln in lines if "error" in ln.lower()] == lines[-1:], proc.stderr[-3000:]
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model directory as ``save_pretrained`` writes it, with the built-in tokenizer."""
+    from mmada.models import MMaDAConfig, MMaDAModelLM
+    from mmada.tokenization import load_text_tokenizer
+
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    MMaDAModelLM(MMaDAConfig.from_preset("tiny", n_layers=1, d_model=64, n_heads=2, n_kv_heads=2,
+                                         mlp_hidden_size=128, num_vq_tokens=16)).save_pretrained(d)
+    load_text_tokenizer("builtin").save_pretrained(d)
+    return d
+
+
+def in_process(capsys, *args: str) -> tuple[int, str]:
+    """``mmada ARGS`` in this process (what ``python -m mmada`` runs): exit status and stderr."""
+    from mmada.cli import main
+
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "2"])
+def test_t2i_caption_budget_that_drops_the_caption_is_refused(checkpoint, value, capsys):
+    """0 silently dropped every caption (two prompts, identical images); -5 was a RuntimeError traceback."""
+    rc, err = in_process(capsys, "t2i", str(checkpoint), "--prompt", "a red circle", "--steps", "2",
+                         "--max-text-len", value)
+    assert rc == 2 and err.count("\n") == 1 and "--max-text-len" in err and repr(value) in err, err
+
+
+def test_t2i_caption_budget_beyond_the_model_is_refused(checkpoint):
+    err = one_line_error(mmada("t2i", str(checkpoint), "--prompt", "a red circle", "--steps", "2",
+                               "--max-text-len", "100000"))
+    assert "max_text_len=100000" in err and "max_sequence_length" in err
+
+
+def test_malicious_pickle_weights_are_refused_in_one_line_and_never_run(checkpoint, tmp_path):
+    evil = tmp_path / "evil"
+    shutil.copytree(checkpoint, evil)
+    (evil / "model.safetensors").unlink()
+    marker = tmp_path / "pickle-ran"
+    torch.save({"model.transformer.wte.weight": Evil(marker)}, evil / "pytorch_model.bin")
+    for cmd in (["t2i", str(evil), "--prompt", "x"], ["generate", str(evil), "--prompt", "x"]):
+        err = one_line_error(mmada(*cmd))
+        assert str(evil) in err and "refused its pickled weights" in err and "safetensors" in err
+    assert not marker.exists()
+    debug = mmada("--debug", "t2i", str(evil), "--prompt", "x")  # the traceback on request
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "WeightsError" in debug.stderr
+    assert not marker.exists()
+
+
+@pytest.fixture
+def probe_module(tmp_path):
+    """An importable module that records being imported (what 'any installed module' could do)."""
+    marker = tmp_path / "imported"
+    (tmp_path / "fault_probe.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}, marker
+
+
+def test_reward_module_named_by_a_config_is_not_imported_unless_the_operator_allows_it(probe_module):
+    env, marker = probe_module
+    args = ["train", "configs/train/tiny_grpo.yaml", "--set", 'grpo.reward_funcs=["fault_probe:reward"]',
+            "--print-config"]
+    err = one_line_error(mmada(*args, env=env))
+    assert "grpo.reward_funcs" in err and "'fault_probe' is not allowed" in err and "MMADA_ALLOW_REWARD_MODULES" in err
+    assert not marker.exists()  # never imported
+    err = one_line_error(mmada(*args, env={**env, "MMADA_ALLOW_REWARD_MODULES": "fault_probe"}))
+    assert marker.exists() and "grpo.reward_funcs" in err and "cannot be imported" in err  # allowed: imported
+
+
+@pytest.mark.parametrize("field", ["trainer.max_steps", "checkpoint.every_n_steps", "optim.warmup_steps",
+                                   "grpo.num_generations"])
+def test_absurd_counts_are_refused_naming_the_field(field):
+    from mmada.errors import ConfigError
+    from mmada.pipeline.params import PipelineParams, load_params
+    from mmada.training.config import load_train_config
+
+    with pytest.raises(ConfigError, match=rf"{field}: Input should be less than or equal to"):
+        load_train_config(REPO / "configs/train/tiny_grpo.yaml", [f"{field}={10**12}"])
+    d = load_params(REPO / "params.yaml", root=REPO).model_dump(mode="json")  # the pipeline form the UI shows
+    section, key = field.split(".")
+    with pytest.raises(ValueError, match="less than or equal to"):
+        PipelineParams.model_validate({**d, "grpo": {**d["grpo"], section: {**d["grpo"][section], key: 10**12}}})
+    if field == "trainer.max_steps":  # the command says it in one line
+        err = one_line_error(mmada("train", "configs/train/tiny_grpo.yaml", "--set", f"{field}={10**12}",
+                                   "--print-config"))
+        assert field in err
