@@ -160,7 +160,7 @@ def test_combine_rewards_weights_and_errors(monkeypatch):
         combine_rewards({"math_correctness": funcs["math_correctness"]}, {}, [None], ["x"], {"answer": [None]})
     with pytest.raises(ConfigError, match="unknown reward function 'nope'"):
         resolve_reward("nope")
-    with pytest.raises(ConfigError, match="module 'mmada.nothing' is not allowed"):
+    with pytest.raises(ConfigError, match=r"module 'mmada\.nothing' is not allowed"):
         resolve_reward("mmada.nothing:here")  # a config names no code the operator did not allow
     monkeypatch.setenv("MMADA_ALLOW_REWARD_MODULES", "mmada")
     with pytest.raises(ConfigError, match="cannot be imported"):

@@ -10,6 +10,7 @@ the whole tree while it stands still there.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.test_pipeline_support import REPO, dvc, env_for, make_clone, mmada
+from tests.test_pipeline_support import REPO, dvc, env_for, make_clone
 
 INJECT = Path(__file__).resolve().parent / "inject"
 
@@ -97,10 +98,8 @@ def kill_tree_at(clone: Path, where: str, argv: str, log: Path, timeout: float =
         time.sleep(0.2)
     tree = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
     for pid in tree:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
     proc.wait(timeout=60)
     assert marker.exists(), f"never reached {where} in {argv!r}:\n{log.read_text()[-4000:]}"
     assert proc.returncode == -9
