@@ -49,7 +49,7 @@ from mmada.pipeline import tracking as T
 from mmada.pipeline.context import StageContext, StageOutputs
 from mmada.pipeline.evaluate import eval_rows, run_evaluate
 from mmada.pipeline.events import EVENTS_ENV, EventFollower
-from mmada.pipeline.launch import LaunchSpec, launch
+from mmada.pipeline.launch import LaunchOperator, LaunchSpec, launch
 from mmada.pipeline.params import (
     EvalParams,
     PipelineParams,
@@ -161,7 +161,8 @@ def stage_task(name: str, params_file: str, launch_spec: LaunchSpec) -> None:
     env = {"MMADA_PREFECT_FLOW_RUN_ID": str(flow_run.get_id() or ""), "MMADA_PIPELINE_RUNNER": "prefect",
            EVENTS_ENV: str(events.resolve())}
     launch(LaunchSpec(poll_seconds=2.0), argv, workdir=events.parent, job_name=f"stage-{name}", env=env,
-           on_line=reporter.line, poll=follower.poll, what=f"stage {name!r}")
+           on_line=reporter.line, poll=follower.poll, what=f"stage {name!r}",
+           operator=LaunchOperator())  # the stage process runs here, with this interpreter
 
 
 @flow(name="pipeline", log_prints=True, persist_result=False)

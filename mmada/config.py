@@ -23,6 +23,13 @@ from mmada.errors import ConfigError, MMaDAError
 M = TypeVar("M", bound=BaseModel)
 
 
+MAX_STEPS = 10_000_000
+"""Upper bound of step counts a config (and so a Prefect form, the API) accepts: far above any real run
+(MMaDA's pretraining is some hundred thousand steps), far below a typo such as ``10**12``."""
+MAX_COUNT = 1_000_000
+"""Upper bound of other counts (items, generations, retries, images) a config accepts."""
+
+
 class Strict(BaseModel):
     """Unknown fields are errors and assignments are validated (a typo never passes silently)."""
 

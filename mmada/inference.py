@@ -16,6 +16,7 @@ from mmada.diffusion.sampling import generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.models import MMaDAModelLM
+from mmada.models.loading import load_model
 from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, left_pad, load_text_tokenizer
 
 
@@ -56,7 +57,7 @@ def load_checkpoint(
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         tok = load_text_tokenizer(tok_src)
-        model = MMaDAModelLM.from_pretrained(src, **kwargs).to(dev).eval()
+        model = load_model(src, **kwargs).to(dev).eval()
     except OSError as exc:  # not found locally, and the hub is offline / the repo does not exist
         raise MMaDAError(f"cannot load checkpoint {src!r}: {exc}") from exc
     special = SpecialTokenIds.from_tokenizer(tok)
@@ -84,11 +85,28 @@ def generate_answers(lm: LoadedModel, prompts: list[str], settings: SamplerSetti
     return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
+MIN_TEXT_LEN = 3
+"""The smallest caption budget that keeps a caption token: ``<bos> token <eos>`` (2 or less drops every
+caption, so every image would be unconditional)."""
+
+
+def check_max_text_len(max_text_len: int, *, num_image_tokens: int, max_sequence_length: int) -> None:
+    """``max_text_len`` (``<bos> caption <eos>`` budget) keeps a caption and fits the model with the image tokens."""
+    if max_text_len < MIN_TEXT_LEN:
+        raise MMaDAError(f"max_text_len={max_text_len}: must be at least {MIN_TEXT_LEN} (<bos>, a caption token, "
+                         "<eos>); a smaller budget drops every caption")
+    if max_text_len + 3 + num_image_tokens > max_sequence_length:
+        raise MMaDAError(f"max_text_len={max_text_len}: with the {num_image_tokens} image tokens the rows would be "
+                         f"longer than the model's max_sequence_length={max_sequence_length}; at most "
+                         f"{max_sequence_length - 3 - num_image_tokens}")
+
+
 def generate_image_codes(lm: LoadedModel, captions: list[str], settings: ImageSamplerSettings | None = None, *,
                          max_text_len: int = 32) -> torch.Tensor:
     """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding (``settings``: default the plain loop)."""
     settings = settings or ImageSamplerSettings()
     cfg = lm.model.config
+    check_max_text_len(max_text_len, num_image_tokens=cfg.num_vq_tokens, max_sequence_length=cfg.max_sequence_length)
     cond = lm.builder.t2i(captions, num_image_tokens=cfg.num_vq_tokens, max_text_len=max_text_len).to(lm.device)
     uncond = lm.builder.t2i([""] * len(captions), num_image_tokens=cfg.num_vq_tokens,
                             max_text_len=max_text_len).to(lm.device)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mmada.pipeline.launch import LaunchError, LaunchSpec, launch, local_argv, sbatch_script
+from mmada.pipeline.launch import LaunchError, LaunchOperator, LaunchSpec, launch, local_argv, sbatch_script
 
 
 def failing_python(tmp_path: Path, status: int = 3) -> str:
@@ -31,7 +31,8 @@ def test_local_launch_streams_output_and_polls(tmp_path):
     assert res.returncode == 0 and any(ln.startswith("usage: mmada") for ln in lines)
     assert "pipeline" in "\n".join(res.lines) and polls  # the final poll always happens
     with pytest.raises(LaunchError) as e:
-        launch(LaunchSpec(python=failing_python(tmp_path)), ["train", "c.yaml"], workdir=tmp_path / "w", job_name="j")
+        launch(LaunchSpec(), ["train", "c.yaml"], workdir=tmp_path / "w", job_name="j",
+               operator=LaunchOperator(python=failing_python(tmp_path)))
     assert "`mmada train c.yaml` exited with status 3" in str(e.value)
     assert "running -m mmada train c.yaml" in str(e.value) and "Traceback: boom" in str(e.value)
 
@@ -48,8 +49,8 @@ def test_interrupting_the_watcher_kills_the_job(tmp_path):
 
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        launch(LaunchSpec(python=str(fake_python), poll_seconds=0.2), ["train", "x.yaml"], workdir=tmp_path,
-               job_name="j", on_line=seen.append, poll=poll)
+        launch(LaunchSpec(poll_seconds=0.2), ["train", "x.yaml"], workdir=tmp_path, job_name="j",
+               on_line=seen.append, poll=poll, operator=LaunchOperator(python=str(fake_python)))
     pid = int((tmp_path / "pid").read_text())
     assert time.monotonic() - t0 < 60
     with pytest.raises(ProcessLookupError):
@@ -57,17 +58,21 @@ def test_interrupting_the_watcher_kills_the_job(tmp_path):
 
 
 def test_command_builders():
-    spec = LaunchSpec(kind="torchrun", procs_per_node=4, python="/venv/bin/python")
-    assert local_argv(spec, ["train", "c.yaml"]) == [
+    spec = LaunchSpec(kind="torchrun", procs_per_node=4)
+    assert local_argv(spec, ["train", "c.yaml"], LaunchOperator(python="/venv/bin/python")) == [
         "/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "4",
         "-m", "mmada", "train", "c.yaml"]
-    assert local_argv(LaunchSpec(python="py"), ["train", "c.yaml"]) == ["py", "-m", "mmada", "train", "c.yaml"]
+    assert local_argv(LaunchSpec(), ["train", "c.yaml"], LaunchOperator(python="py")) == [
+        "py", "-m", "mmada", "train", "c.yaml"]
     assert spec.world() == (1, 4) and LaunchSpec(kind="sbatch", nodes=4, procs_per_node=8).world() == (4, 8)
     multi = LaunchSpec(kind="sbatch", nodes=4, procs_per_node=8, partition="gpu", gres="gpu:8", cpus_per_task=96,
-                       time_limit="2-00:00:00", setup=["module load cuda", "source .venv/bin/activate"],
-                       sbatch_args=["--qos=high"], python="python")
+                       time_limit="2-00:00:00")
+    operator = LaunchOperator.from_env({"MMADA_LAUNCH_PYTHON": "python", "MMADA_SBATCH_ARGS": "--qos=high",
+                                        "MMADA_LAUNCH_SETUP": "module load cuda\nsource .venv/bin/activate\n"})
+    assert operator.setup == ("module load cuda", "source .venv/bin/activate")
     text = sbatch_script(multi, ["train", "/shared/cfg.yaml"], job_name="mmada-sft", log_path=Path("/l/j.log"),
-                         workdir=Path("/proj"), env={"MLFLOW_RUN_ID": "abc", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+                         workdir=Path("/proj"), env={"MLFLOW_RUN_ID": "abc", "MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+                         operator=operator)
     for line in ["#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gres=gpu:8",
                  "#SBATCH --partition=gpu", "#SBATCH --time=2-00:00:00", "#SBATCH --output=/l/j.log",
                  "#SBATCH --chdir=/proj", "#SBATCH --qos=high", "#SBATCH --cpus-per-task=96", "module load cuda",
@@ -75,8 +80,8 @@ def test_command_builders():
                  'srun python -m torch.distributed.run --nnodes 4 --nproc-per-node 8 --rdzv-id "$SLURM_JOB_ID" '
                  '--rdzv-backend c10d --rdzv-endpoint "$head_node:29500" -m mmada train /shared/cfg.yaml']:
         assert line in text.splitlines(), line
-    single = sbatch_script(LaunchSpec(kind="sbatch", python="python"), ["train", "c.yaml"], job_name="j",
-                           log_path=Path("l"), workdir=Path("."))
+    single = sbatch_script(LaunchSpec(kind="sbatch"), ["train", "c.yaml"], job_name="j",
+                           log_path=Path("l"), workdir=Path("."), operator=LaunchOperator(python="python"))
     assert single.splitlines()[-1] == "srun python -m mmada train c.yaml"
     with pytest.raises(ValueError):
         LaunchSpec(time_limit="tomorrow")
@@ -85,7 +90,8 @@ def test_command_builders():
 def test_sbatch_path_with_a_fake_sbatch(tmp_path, fake_slurm, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake_slurm}{os.pathsep}{os.environ['PATH']}")
     lines: list[str] = []
-    spec = LaunchSpec(kind="sbatch", partition="debug", setup=["echo setup-ran"], poll_seconds=0.3)
+    spec = LaunchSpec(kind="sbatch", partition="debug", poll_seconds=0.3)
+    monkeypatch.setenv("MMADA_LAUNCH_SETUP", "echo setup-ran")  # the operator's setting
     res = launch(spec, ["--help"], workdir=tmp_path / "w", job_name="mmada-test", env={"MMADA_X": "1"},
                  on_line=lines.append)
     assert res.returncode == 0 and res.job_id and res.job_id.isdigit()
@@ -95,9 +101,9 @@ def test_sbatch_path_with_a_fake_sbatch(tmp_path, fake_slurm, monkeypatch):
     assert any(c.startswith("srun ") and c.endswith("-m mmada --help") for c in calls)
     script = (tmp_path / "w" / "mmada-test.sbatch").read_text()
     assert "#SBATCH --partition=debug" in script and "export MMADA_X=1" in script
-    bad = spec.model_copy(update={"python": failing_python(tmp_path)})
+    monkeypatch.setenv("MMADA_LAUNCH_PYTHON", failing_python(tmp_path))
     with pytest.raises(LaunchError) as e:
-        launch(bad, ["train", "c.yaml"], workdir=tmp_path / "w", job_name="mmada-bad")
+        launch(spec, ["train", "c.yaml"], workdir=tmp_path / "w", job_name="mmada-bad")
     assert "SLURM job" in str(e.value) and "failed with status 3" in str(e.value)
     assert "Traceback: boom" in str(e.value) and "mmada-bad.log" in str(e.value)
 
@@ -117,9 +123,9 @@ def test_sigterm_to_the_watcher_stops_the_job(tmp_path):
     fake_python = tmp_path / "python"
     fake_python.write_text(f'#!/bin/bash\necho "$$" > {tmp_path}/pid\nexec sleep 300\n')
     fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
-    script = ("import sys; from pathlib import Path; from mmada.pipeline.launch import LaunchSpec, launch\n"
-              f"launch(LaunchSpec(python={str(fake_python)!r}), ['train', 'c.yaml'], workdir=Path({str(tmp_path)!r}),"
-              " job_name='j')\n")
+    script = ("import sys; from pathlib import Path; from mmada.pipeline.launch import LaunchOperator, LaunchSpec, launch\n"
+              f"launch(LaunchSpec(), ['train', 'c.yaml'], workdir=Path({str(tmp_path)!r}), job_name='j',"
+              f" operator=LaunchOperator(python={str(fake_python)!r}))\n")
     watcher = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (tmp_path / "pid").is_file():
@@ -149,7 +155,7 @@ def test_a_training_job_without_its_result_file_fails_the_stage(tmp_path, monkey
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ctx = StageContext(ConsoleReporter("pretrain", stream=io.StringIO()), outputs=StageOutputs(str(tmp_path / "out")),
-                       launch=LaunchSpec(python=str(exe), poll_seconds=0.2), tracking_uri=uri)
+                       launch=LaunchSpec(poll_seconds=0.2), tracking_uri=uri, operator=LaunchOperator(python=str(exe)))
     cfg = load_train_config(REPO / "configs/train/tiny_pretrain.yaml")
     with pytest.raises(LaunchError) as e:
         run_train(cfg, ctx, stage="pretrain")

@@ -151,7 +151,7 @@ def test_builtin_rewards():
     assert shapes_t2i(None, ["text"], caption=["a red circle"]) == [None]
 
 
-def test_combine_rewards_weights_and_errors():
+def test_combine_rewards_weights_and_errors(monkeypatch):
     funcs = {"math_correctness": resolve_reward("math_correctness"), "format": resolve_reward("format")}
     total, per = combine_rewards(funcs, {"math_correctness": 2.0, "format": 0.5}, [None] * 2,
                                  ["<think>a</think> 4", "4"], {"answer": ["4", None]})
@@ -160,6 +160,9 @@ def test_combine_rewards_weights_and_errors():
         combine_rewards({"math_correctness": funcs["math_correctness"]}, {}, [None], ["x"], {"answer": [None]})
     with pytest.raises(ConfigError, match="unknown reward function 'nope'"):
         resolve_reward("nope")
+    with pytest.raises(ConfigError, match=r"module 'mmada\.nothing' is not allowed"):
+        resolve_reward("mmada.nothing:here")  # a config names no code the operator did not allow
+    monkeypatch.setenv("MMADA_ALLOW_REWARD_MODULES", "mmada")
     with pytest.raises(ConfigError, match="cannot be imported"):
         resolve_reward("mmada.nothing:here")
     with pytest.raises(ValueError, match="unknown reward function"):

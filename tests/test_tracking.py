@@ -136,9 +136,12 @@ def test_register_and_resolve_round_trip(tmp_path_factory, tmp_path):
     load_text_tokenizer("builtin").save_pretrained(str(export))
     t = Tracker(uri)
     t.start_run("mmada-test", artifact_location=artifact_root_for(uri))
-    v1 = register_export(t, export, "mmada-test", alias="pretrain", tags={"stage": "pretrain", "git_commit": "abc"})
-    v2 = register_export(t, export, "mmada-test", alias="sft", tags={"stage": "sft"})
+    v1 = register_export(t, export, "mmada-test", alias="pretrain", tags={"stage": "pretrain", "git_commit": "abc"},
+                         step=10)
+    v2 = register_export(t, export, "mmada-test", alias="sft", tags={"stage": "sft"}, step=20)
     assert (v1, v2) == ("1", "2")
+    # once per run and step: the same export again is the same version (its alias set again)
+    assert register_export(t, export, "mmada-test", alias="pretrain", tags={"stage": "pretrain"}, step=10) == "1"
     mv = t.client.get_model_version_by_alias("mmada-test", "pretrain")
     assert str(mv.version) == "1" and mv.tags["git_commit"] == "abc" and mv.run_id == t.run_id
     path, info = resolve_model("models:/mmada-test@pretrain", tracking_uri=uri, cache_dir=tmp_path / "cache")

@@ -175,7 +175,7 @@ def test_kill_and_resume(data, tmp_path_factory, tmp_path):
     ckpts = tmp_path / "k" / "checkpoints"
     proc = kill_when(cmd, ckpts / f"step{2 * every:08d}.ckpt")
     assert proc.returncode == -signal.SIGKILL
-    last = find_resume_checkpoint(ckpts)
+    last = find_resume_checkpoint(ckpts).path
     state = torch.load(last, map_location="cpu", weights_only=True)  # never torn: it loads
     killed_at = state["global_step"]
     assert killed_at % every == 0 and every <= killed_at < steps  # last may lag the newest step file
@@ -232,9 +232,9 @@ def test_a_failed_save_never_replaces_last(tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     with pytest.raises(OSError, match="No space left"):
         trainer.fit(_Linear())
-    last = find_resume_checkpoint(tmp_path)
-    assert last == tmp_path / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2  # the previous complete save
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2  # the previous complete save
+    found = find_resume_checkpoint(tmp_path)  # the newest that loads: step 3's file was complete before last failed
+    assert found.path == tmp_path / "step00000003.ckpt" and found.global_step == 3 and not found.skipped
     assert (tmp_path / ".partial-last.ckpt").exists()  # the torn bytes never got the real name
     assert clean_partials(tmp_path) == [".partial-last.ckpt"]
 

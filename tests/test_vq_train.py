@@ -99,7 +99,7 @@ def test_mlflow_run_has_params_metrics_grids_and_export(trained, tracking, tmp_p
     metrics = json.loads((cfg.out_dir / "metrics.json").read_text())
     assert metrics["steps"] == 60 and metrics["final"]["psnr"] == pytest.approx(r.metrics["val/psnr"])
     assert metrics["initial"]["psnr"] == pytest.approx(r.initial_metrics["val/psnr"])
-    assert sorted(p.name for p in cfg.checkpoint_dir.iterdir()) == ["last.ckpt", "step00000060.ckpt"]
+    assert sorted(p.name for p in cfg.checkpoint_dir.iterdir()) == ["last.ckpt", "result.json", "step00000060.ckpt"]
 
 
 def test_export_is_registered_loads_and_tokenizes(trained, tracking):
@@ -196,7 +196,7 @@ def test_kill_and_resume(tmp_path, tracking):
     cmd = [sys.executable, "-m", "mmada", "vq", "train", "--config", str(path)]
     ckpts = cfg.checkpoint_dir
     kill_when(cmd, ckpts / f"step{2 * every:08d}.ckpt")
-    state = torch.load(find_resume_checkpoint(ckpts), map_location="cpu", weights_only=True)  # never torn
+    state = torch.load(find_resume_checkpoint(ckpts).path, map_location="cpu", weights_only=True)  # never torn
     killed_at = state["global_step"]
     assert killed_at % every == 0 and every <= killed_at < steps
     run_id = json.loads((cfg.out_dir / "mlflow_run.json").read_text())["run_id"]

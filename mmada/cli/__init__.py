@@ -7,6 +7,9 @@ one code path per job.
     mmada pipeline                  # the whole tiny pipeline (what `make demo` runs)
     mmada generate CKPT --prompt …  # text / chat generation with the diffusion sampler
     mmada t2i CKPT --prompt …       # text-to-image token generation
+
+A user error (a bad flag, config field, data record or checkpoint) is one line, ``error: …`` naming
+the value, with exit status 2 and no traceback; ``mmada --debug …`` prints the traceback too.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import sys
 
 from mmada.cli import curate, pipeline, sample, train, vq
 from mmada.cli import eval as evaluate
+from mmada.cli._args import Parser, print_error
 from mmada.errors import MMaDAError
 
 COMMAND_MODULES = (sample, curate, evaluate, vq, train, pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmada", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="mmada", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error, not only its message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except MMaDAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, debug=args.debug)
         return 2
     return int(rc or 0)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmada.cli._args import int_at_least
 from mmada.cli._sampler_args import add_sampler_args, given_sampler_fields, sampler_from_args
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
@@ -53,7 +54,7 @@ def _add_model(p: argparse.ArgumentParser, *, text: bool = True, image: bool = F
     g.add_argument("--model-version", default=None, help="version label (default: weights fingerprint)")
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, choices=["bf16", "fp32"])
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=int_at_least(1), default=8)
     if image:
         g.add_argument("--image-tokenizer", default="palette",
                        help="'palette' (the built-in world's fixed quantiser) or a MAGVIT-v2 dir")
@@ -182,12 +183,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = es.add_parser("math", help="math accuracy under a named answer-extraction protocol")
     p.add_argument("--data", required=True, help="builtin:arithmetic, a .jsonl/.json/.tar file or a directory")
-    p.add_argument("--n", type=int, default=None, help="number of problems (built-in default 200)")
+    p.add_argument("--n", type=int_at_least(1), default=None, help="number of problems (built-in default 200)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--protocol", required=True, choices=["gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag"])
     p.add_argument("--match", default=None, choices=["exact", "equivalent"],
                    help="exact = lm-eval exact_match (gsm8k default); equivalent = numeric/symbolic")
-    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (taken from the data's start)")
+    p.add_argument("--num-fewshot", type=int_at_least(0), default=0, help="few-shot examples (taken from the data's start)")
     p.add_argument("--fewshot-data", default=None, help="take the few-shot examples from this source instead")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
@@ -209,7 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = es.add_parser("mmu", help="understanding QA accuracy (normalised exact match)")
     p.add_argument("--data", required=True, help="builtin:shapes (its VQA) or a .jsonl of question/answer[/prediction]")
-    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--n", type=int_at_least(1), default=None)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--prediction-field", default="prediction")
     _add_model(p, image=True)
@@ -227,7 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checker", default="shapes", choices=["shapes", "digits", "fashion", "clip"])
     p.add_argument("--images", default=None, help="JSONL of {image: path, caption|metadata|label} to score")
     p.add_argument("--data", default="builtin:shapes", help="prompts to generate from (with --checkpoint)")
-    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--n", type=int_at_least(1), default=None)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--clip-model", default=None, help="local CLIPModel directory (for --checker clip)")
     p.add_argument("--fashion-root", default=None, help="Fashion-MNIST IDX directory (for --checker fashion)")
@@ -238,7 +239,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = es.add_parser("recon", help="image-tokenizer reconstructions: MSE/PSNR and a comparison grid")
     p.add_argument("--data", default="builtin:shapes")
-    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--n", type=int_at_least(1), default=32)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--image-tokenizer", default="palette")
     _add_output(p)

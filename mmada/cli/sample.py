@@ -13,9 +13,10 @@ import argparse
 import json
 import sys
 
+from mmada.cli._args import int_at_least
 from mmada.cli._sampler_args import add_sampler_args, sampler_from_args
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
-from mmada.inference import generate_answers, generate_image_codes, load_checkpoint
+from mmada.inference import MIN_TEXT_LEN, generate_answers, generate_image_codes, load_checkpoint
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -60,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("t2i", help="generate image tokens for captions (MaskGIT decoding)")
     _common(p)
-    p.add_argument("--max-text-len", type=int, default=32)
+    p.add_argument("--max-text-len", type=int_at_least(MIN_TEXT_LEN), default=32, metavar="N",
+                   help="token budget of <bos> caption <eos> (longer captions are cut; default: 32)")
     add_sampler_args(p, ImageSamplerSettings, "MaskGIT sampler (defaults = the plain loop)")
     p.set_defaults(func=_t2i)

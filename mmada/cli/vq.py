@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmada.cli._args import int_at_least
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     vq = subparsers.add_parser("vq", help="image tokenizer (MAGVIT-v2): train, encode")
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     enc.add_argument("--output", required=True, help="output .npz path")
     enc.add_argument("--resolution", type=int, default=None, help="square input size (default: the model's)")
     enc.add_argument("--mode", choices=["crop", "squash", "none"], default="crop", help="resize mode")
-    enc.add_argument("--batch-size", type=int, default=64)
+    enc.add_argument("--batch-size", type=int_at_least(1), default=64)
     enc.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cpu)")
     enc.set_defaults(func=cmd_encode)
 

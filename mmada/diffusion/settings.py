@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from mmada.config import Strict, validate
+from mmada.config import MAX_COUNT, Strict, validate
 from mmada.diffusion.cache import CacheMode, ImageCacheMode, PromptCache
 from mmada.diffusion.masking import get_schedule
 from mmada.errors import MMaDAError, SamplerError
@@ -49,11 +49,11 @@ class _Settings(Strict):
 class SamplerSettings(_Settings):
     """Text / MMU block-diffusion decoding (``generate_text``). Defaults = the plain sampler."""
 
-    steps: int = Field(64, gt=0)
+    steps: int = Field(64, gt=0, le=MAX_COUNT)
     """Denoising steps over the whole answer (``steps / (gen_length / block_length)`` per block)."""
-    gen_length: int = Field(64, gt=0)
+    gen_length: int = Field(64, gt=0, le=MAX_COUNT)
     """Generated tokens per answer."""
-    block_length: int = Field(32, gt=0)
+    block_length: int = Field(32, gt=0, le=MAX_COUNT)
     """Semi-autoregressive block size (Fast-dLLM: 32)."""
     temperature: float = Field(0.0, ge=0)
     """Gumbel-max sampling temperature; 0 = greedy."""
@@ -108,7 +108,7 @@ class SamplerSettings(_Settings):
 class ImageSamplerSettings(_Settings):
     """Text-to-image MaskGIT decoding (``generate_image``). Defaults = the plain MaskGIT loop."""
 
-    steps: int = Field(12, gt=0)
+    steps: int = Field(12, gt=0, le=MAX_COUNT)
     """MaskGIT steps (every image slot is predicted at every step)."""
     guidance_scale: float = Field(0.0, ge=0)
     """MUSE-style CFG ``(1 + w)·cond − w·uncond``; cond and uncond run as one batch."""

@@ -151,6 +151,15 @@ def flatten_metrics(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 # MLflow
 
 
+def _same_run(client: MlflowClient, exp_id: str, name: str, key: Mapping[str, str]) -> str | None:
+    """The newest run of ``exp_id`` named ``name`` whose tags include ``key``, or None."""
+    if any("'" in k + v or "`" in k for k, v in key.items()) or "'" in name:
+        return None  # not expressible in a filter: never matched
+    where = " and ".join([f"attributes.run_name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in key.items())])
+    found = client.search_runs([exp_id], where, order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def log_report(
     report: EvalReport,
     tracking_uri: str,
@@ -160,12 +169,16 @@ def log_report(
     images: Mapping[str, Image.Image] | None = None,
     extra_artifacts: Sequence[str | os.PathLike] = (),
     parent_run_id: str | None = None,
+    run_key: Mapping[str, str] | None = None,
 ) -> str:
     """Log a report as one MLflow run: params (settings), metrics, tags and artifacts; returns the run id.
 
     Params: protocol, dataset, n, num_fewshot, model path/version and every sampler field. Tags
     ``mmada.eval.suite`` and ``mmada.model_version`` let the registry compare versions. Artifacts:
     ``report.json`` and ``images/<name>.png``.
+
+    ``run_key``: tags that identify this evaluation (set on the run); a run of the same name that has
+    them already (one an interrupted attempt left) is logged into again, so a rerun adds no second run.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -178,8 +191,13 @@ def log_report(
     }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=run_name or f"eval-{report.suite}-{report.protocol}", tags=tags)
-    rid = run.info.run_id
+    tags |= dict(run_key or {})
+    name = run_name or f"eval-{report.suite}-{report.protocol}"
+    rid = _same_run(client, exp_id, name, run_key) if run_key else None
+    if rid is None:
+        rid = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    else:
+        client.update_run(rid, status="RUNNING")
     try:
         params = {
             "suite": report.suite, "protocol": report.protocol, "dataset": report.dataset, "n": report.n,

@@ -80,6 +80,9 @@ class EvalOutputs:
     """Log the report (params, metrics, report.json, images) as one MLflow run."""
     experiment: str = "mmada-eval"
     run_name: str | None = None
+    run_key: dict[str, str] = field(default_factory=dict)
+    """What makes this evaluation the same one again (tags, e.g. the model and the params hash): when given,
+    the run of that name with these tags is logged into again instead of a new one (a rerun after a crash)."""
 
 
 @dataclass
@@ -106,6 +109,7 @@ def save_report(report: EvalReport, out: EvalOutputs, *, rows: Sequence[Mapping]
         result.image_paths = [save_png(Path(out.images_dir) / f"{name}.png", im) for name, im in images.items()]
     if out.tracking_uri:
         result.run_id = log_report(report, out.tracking_uri, experiment=out.experiment, run_name=out.run_name,
+                                   run_key=out.run_key,
                                    images=images or {})
     return result
 

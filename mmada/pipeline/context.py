@@ -25,10 +25,10 @@ from mmada.files import sha256_file, sha256_json, write_text
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
 from mmada.pipeline.events import EVENTS_ENV, EventWriter
-from mmada.pipeline.launch import LaunchError, LaunchSpec, launch
+from mmada.pipeline.launch import LaunchError, LaunchOperator, LaunchSpec, launch
 from mmada.pipeline.report import Reporter, TeeReporter
 from mmada.tracking.lineage import git_commit
-from mmada.training.harness import TrainResult, read_result
+from mmada.training.harness import TrainResult, read_result, resumed_run
 
 # A directory output counts as present only when its completion marker exists.
 COMPLETE_MARKERS = {S.TOKENIZER_DIR: "tokenizer.json", S.VQ_DIR: "model.safetensors",
@@ -65,6 +65,8 @@ class StageContext:
     tracking_uri: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra lineage tags for MLflow runs and model versions (e.g. ``prefect.flow_run_id``)."""
+    operator: LaunchOperator = field(default_factory=LaunchOperator.from_env)
+    """The programs jobs run (the operator's environment, never a run parameter)."""
 
     @classmethod
     def create(cls, reporter: Reporter, *, launch: LaunchSpec | None = None, outputs: StageOutputs | None = None,
@@ -177,27 +179,32 @@ def run_job(ctx: StageContext, stage: str, command: list[str], cfg: Any, *, run_
             note: str = "") -> Job:
     """Launch ``mmada COMMAND CONFIG --result-file PATH`` for a training config and read its result.
 
-    The job's MLflow run is created first and handed over as ``MLFLOW_RUN_ID`` (the run the job's
-    harness logs into; progress and the link come from it); when the job exits 0, rank 0's result
-    file is read and validated. Any failure marks the run FAILED. ``cfg`` is a harness config
-    (``TrainConfig``, ``VQTrainConfig``): the job gets it with this run's tracking URI and name.
+    The job's MLflow run exists first and is handed over as ``MLFLOW_RUN_ID`` (the run the job's
+    harness logs into; progress and the link come from it): a new run, or, when the job will resume
+    from a checkpoint, the run that checkpoint belongs to (reopened), so a rerun after a crash is the
+    same run and registers no second version. When the job exits 0, rank 0's result file is read and
+    validated. Any failure after the run exists (the job's, or writing its config here) marks the run
+    FAILED. ``cfg`` is a harness config (``TrainConfig``, ``VQTrainConfig``): the job gets it with this
+    run's tracking URI and name.
     """
-    run_id, exp_id = T.create_run(ctx.tracking_uri, cfg.experiment, run_name, tags)
-    url = T.run_url(exp_id, run_id)
-    ctx.reporter.link(url, "MLflow run")
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": ctx.tracking_uri,
-                                                                             "run_name": run_name})})
-    work = ctx.outputs.work(stage, run_name)
-    cfg_path = write_yaml(work / "config.yaml", cfg.model_dump(mode="json"))
-    result_path = work / "result.json"
-    result_path.unlink(missing_ok=True)
-    max_steps = cfg.trainer.max_steps
-    what = " ".join(command)
-    ctx.reporter.progress(0.0, f"launching `mmada {what}` ({ctx.launch.kind}), {max_steps} steps{note}")
+    run_id, exp_id = T.open_run(ctx.tracking_uri, cfg.experiment, run_name, tags,
+                                reuse=resumed_run(cfg, ctx.tracking_uri))
     try:
+        url = T.run_url(exp_id, run_id)
+        ctx.reporter.link(url, "MLflow run")
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": ctx.tracking_uri,
+                                                                                 "run_name": run_name})})
+        work = ctx.outputs.work(stage, run_name)
+        cfg_path = write_yaml(work / "config.yaml", cfg.model_dump(mode="json"))
+        result_path = work / "result.json"
+        result_path.unlink(missing_ok=True)
+        max_steps = cfg.trainer.max_steps
+        what = " ".join(command)
+        ctx.reporter.progress(0.0, f"launching `mmada {what}` ({ctx.launch.kind}), {max_steps} steps{note}")
         launch(ctx.launch, [*command, str(cfg_path.resolve()), "--result-file", str(result_path.resolve())],
                workdir=work, job_name=f"mmada-{stage}", env=job_env(ctx, {"MLFLOW_RUN_ID": run_id}),
-               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps))
+               on_line=ctx.reporter.line, poll=progress_poller(ctx, lambda: run_id, max_steps),
+               operator=ctx.operator)
         result = job_result(result_path, stage, f"mmada {what}")
     except BaseException:
         T.end_run(ctx.tracking_uri, run_id, "FAILED")

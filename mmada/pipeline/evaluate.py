@@ -21,7 +21,7 @@ from mmada.eval.suites import (
     recon_suite,
     t2i_suite,
 )
-from mmada.files import atomic_dir, write_json
+from mmada.files import atomic_dir, sha256_json, write_json
 from mmada.pipeline import stages as S
 from mmada.pipeline import tracking as T
 from mmada.pipeline.context import StageContext, check_version, lineage
@@ -50,6 +50,12 @@ def run_suite(suite: str, p: EvalParams, *, model: EvalModel, image_tokenizer: s
         return t2i_suite(checker="shapes", model=model, sampler=p.image_sampler, out=out, data="builtin:shapes",
                          n=p.t2i_n, data_seed=p.data_seed, image_tokenizer=image_tokenizer)
     return recon_suite("builtin:shapes", image_tokenizer=image_tokenizer, out=out, n=p.recon_n, data_seed=p.data_seed)
+
+
+def run_key(p: EvalParams, model_uri: str) -> dict[str, str]:
+    """What makes an evaluation run the same one (a rerun of the stage logs into it, no second run)."""
+    return {"pipeline.stage": "evaluate", "pipeline.params_sha256": sha256_json(p.model_dump(mode="json")),
+            "pipeline.model": model_uri}
 
 
 def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, image_tokenizer: str = S.VQ_DIR,
@@ -82,7 +88,8 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
             folder.mkdir(exist_ok=True)
             out = EvalOutputs(report=folder / f"{suite}.json", images_dir=folder / "images",
                               samples=folder / f"{suite}_samples.jsonl" if suite != "recon" else None,
-                              tracking_uri=ctx.tracking_uri, run_name=f"eval-{suite}-{label.replace('/', '-v')}")
+                              tracking_uri=ctx.tracking_uri, run_name=f"eval-{suite}-{label.replace('/', '-v')}",
+                              run_key=run_key(p, model_uri))
             model = EvalModel(checkpoint=str(ckpts[label]), version=label, batch_size=p.batch_size)
             res = run_suite(suite, p, model=model, image_tokenizer=image_tokenizer, out=out)
             if key:

@@ -7,9 +7,19 @@ the wrapper *launches* ``python -m mmada …`` and watches it. The watcher strea
 logs into), cancels the job if the watcher is interrupted (Ctrl-C, a cancelled flow run), and
 raises :class:`LaunchError` with the job's last output lines on a non-zero exit.
 
-    spec = LaunchSpec(kind="sbatch", nodes=2, procs_per_node=8, partition="gpu", setup=["source .venv/bin/activate"])
+    spec = LaunchSpec(kind="sbatch", nodes=2, procs_per_node=8, partition="gpu")
     result = launch(spec, ["train", "cfg.yaml"], workdir=Path("runs/pipeline/work/sft"), job_name="mmada-sft",
                     env={"MLFLOW_RUN_ID": run_id}, poll=report_progress)
+
+What a job runs is not a run's parameter. :class:`LaunchSpec` (a flow form, ``--launch``) holds data:
+where the job runs and how big it is. The programs (the interpreter on the nodes, shell lines run before
+the job, extra ``sbatch`` options) are the operator's: :class:`LaunchOperator`, read from the environment
+of the process that launches (the Prefect worker / ``mmada serve`` host, a shell), so nobody who can
+only start a run (the UI, the API) can make the server run a program of their choosing:
+
+    MMADA_LAUNCH_PYTHON=/opt/venv/bin/python            # default: the launching process's interpreter
+    MMADA_LAUNCH_SETUP=$'module load cuda\nsource /opt/venv/bin/activate'   # sbatch: one shell line per line
+    MMADA_SBATCH_ARGS='--qos=high --exclusive'          # sbatch: extra options (shell words)
 
 SLURM layout (docs/pipeline.md; as in torchtitan's multinode_trainer.slurm): one task per node
 (``--ntasks-per-node=1``), ``srun`` starts ``torchrun --nnodes N --nproc-per-node G`` on every node
@@ -32,9 +42,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmada.config import Strict
 from mmada.errors import MMaDAError
@@ -46,27 +56,43 @@ class LaunchError(MMaDAError):
     """The launched job failed (non-zero exit, could not be submitted, or was cancelled)."""
 
 
-class LaunchSpec(Strict):
-    """How a training job is started: a subprocess here, ``torchrun`` here, or a SLURM batch job."""
+# SLURM names (partition, account, gres): no spaces, quotes or newlines, so a value is one #SBATCH option.
+_SLURM_WORD = r"^[A-Za-z0-9_.,:=+-]+$"
 
+OPERATOR_SETTINGS = {"python": "MMADA_LAUNCH_PYTHON", "setup": "MMADA_LAUNCH_SETUP", "sbatch_args": "MMADA_SBATCH_ARGS"}
+"""The launcher's programs: environment variables of the launching process, never run parameters."""
+
+
+class LaunchSpec(Strict):
+    """Where a training job runs and how big it is: a subprocess here, ``torchrun`` here, or a SLURM batch job.
+
+    Data only; what the job executes is the operator's :class:`LaunchOperator`.
+    """
 
     kind: Literal["local", "torchrun", "sbatch"] = Field(
         "local", description="local: one subprocess on this machine; torchrun: procs_per_node processes on this "
                              "machine; sbatch: a SLURM job on `nodes` nodes (run the flow on the login node).")
     nodes: int = Field(1, ge=1, le=4096, description="Nodes of the SLURM job (sbatch only).")
     procs_per_node: int = Field(1, ge=1, le=64, description="Processes (GPUs) per node; >1 starts them with torchrun.")
-    partition: str | None = Field(None, description="SLURM partition (--partition).")
-    account: str | None = Field(None, description="SLURM account (--account).")
+    partition: str | None = Field(None, pattern=_SLURM_WORD, description="SLURM partition (--partition).")
+    account: str | None = Field(None, pattern=_SLURM_WORD, description="SLURM account (--account).")
     time_limit: str = Field("24:00:00", pattern=r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$",
                             description="SLURM wall-clock limit, e.g. 24:00:00 or 2-00:00:00.")
-    gres: str | None = Field(None, description="SLURM --gres per node, e.g. gpu:8 (none by default).")
+    gres: str | None = Field(None, pattern=_SLURM_WORD, description="SLURM --gres per node, e.g. gpu:8 (none by default).")
     cpus_per_task: int | None = Field(None, ge=1, le=1024, description="SLURM --cpus-per-task.")
-    sbatch_args: list[str] = Field(default_factory=list, description="Extra sbatch options, e.g. ['--qos=high'].")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run on the nodes before the job "
-                             "(module load …, source .venv/bin/activate).")
-    python: str | None = Field(None, description="Python interpreter on the nodes (default: this process's).")
     rdzv_port: int = Field(29500, ge=1024, le=65535, description="torchrun rendezvous port on the first node.")
     poll_seconds: float = Field(5.0, gt=0, le=600, description="How often progress is polled.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_programs(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, env in OPERATOR_SETTINGS.items():
+                if key in data:
+                    raise ValueError(f"{key} is an operator setting, not a run parameter (what runs on the server is "
+                                     f"not chosen by whoever starts a run): set {env} in the environment of the "
+                                     "process that launches jobs (the Prefect worker / `mmada serve`, or your shell)")
+        return data
 
     def uses_torchrun(self) -> bool:
         return self.kind == "torchrun" or self.procs_per_node > 1 or self.nodes > 1
@@ -74,6 +100,29 @@ class LaunchSpec(Strict):
     def world(self) -> tuple[int, int]:
         """(num_nodes, devices per node) the training config must use."""
         return (self.nodes if self.kind == "sbatch" else 1), self.procs_per_node
+
+
+@dataclass(frozen=True)
+class LaunchOperator:
+    """The programs a launch runs, set by the operator (:data:`OPERATOR_SETTINGS`; :meth:`from_env`)."""
+
+    python: str = sys.executable
+    """The Python interpreter on the nodes (``MMADA_LAUNCH_PYTHON``; default: this process's)."""
+    setup: tuple[str, ...] = ()
+    """Shell lines run on the nodes before the job, sbatch only (``MMADA_LAUNCH_SETUP``, one per line)."""
+    sbatch_args: tuple[str, ...] = ()
+    """Extra sbatch options (``MMADA_SBATCH_ARGS``, shell words), e.g. ``--qos=high``."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LaunchOperator:
+        env = os.environ if env is None else env
+        try:
+            sbatch_args = tuple(shlex.split(env.get(OPERATOR_SETTINGS["sbatch_args"], "")))
+        except ValueError as exc:
+            raise MMaDAError(f"{OPERATOR_SETTINGS['sbatch_args']}: not shell words ({exc})") from None
+        return cls(python=env.get(OPERATOR_SETTINGS["python"]) or sys.executable,
+                   setup=tuple(ln for ln in env.get(OPERATOR_SETTINGS["setup"], "").splitlines() if ln.strip()),
+                   sbatch_args=sbatch_args)
 
 
 @dataclass
@@ -89,13 +138,9 @@ class LaunchResult:
 # command builders
 
 
-def python_of(spec: LaunchSpec) -> str:
-    return spec.python or sys.executable
-
-
-def local_argv(spec: LaunchSpec, module_args: list[str]) -> list[str]:
+def local_argv(spec: LaunchSpec, module_args: list[str], operator: LaunchOperator | None = None) -> list[str]:
     """``python -m mmada ARGS`` (or ``python -m torch.distributed.run … -m mmada ARGS``) on this machine."""
-    py = python_of(spec)
+    py = (operator or LaunchOperator.from_env()).python
     if spec.kind == "sbatch":
         raise ValueError("local_argv is for kind local/torchrun")
     if not spec.uses_torchrun():
@@ -105,9 +150,10 @@ def local_argv(spec: LaunchSpec, module_args: list[str]) -> list[str]:
 
 
 def sbatch_script(spec: LaunchSpec, module_args: list[str], *, job_name: str, log_path: Path, workdir: Path,
-                  env: Mapping[str, str] | None = None) -> str:
+                  env: Mapping[str, str] | None = None, operator: LaunchOperator | None = None) -> str:
     """The batch script: #SBATCH header, setup lines, exported env, then ``srun [torchrun] python -m mmada …``."""
-    py = python_of(spec)
+    operator = operator or LaunchOperator.from_env()
+    py = operator.python
     head = [
         "#!/bin/bash",
         f"#SBATCH --job-name={job_name}",
@@ -125,8 +171,8 @@ def sbatch_script(spec: LaunchSpec, module_args: list[str], *, job_name: str, lo
         head.append(f"#SBATCH --gres={spec.gres}")
     if spec.cpus_per_task:
         head.append(f"#SBATCH --cpus-per-task={spec.cpus_per_task}")
-    head += [f"#SBATCH {a}" for a in spec.sbatch_args]
-    body = ["set -euo pipefail", *spec.setup]
+    head += [f"#SBATCH {a}" for a in operator.sbatch_args]
+    body = ["set -euo pipefail", *operator.setup]
     body += [f"export {k}={shlex.quote(v)}" for k, v in sorted((env or {}).items())]
     mod = " ".join(shlex.quote(a) for a in module_args)
     if spec.uses_torchrun():
@@ -231,23 +277,25 @@ def _cancel_deferred():
 def launch(spec: LaunchSpec, module_args: list[str], *, workdir: Path, job_name: str,
            env: Mapping[str, str] | None = None, cwd: Path | None = None,
            on_line: Callable[[str], None] | None = None, poll: Callable[[], None] | None = None,
-           what: str | None = None) -> LaunchResult:
-    """Run ``mmada MODULE_ARGS`` as ``spec`` says and watch it until it ends; raise on failure."""
+           what: str | None = None, operator: LaunchOperator | None = None) -> LaunchResult:
+    """Run ``mmada MODULE_ARGS`` as ``spec`` says, with the operator's programs (default: from the
+    environment, :meth:`LaunchOperator.from_env`), and watch it until it ends; raise on failure."""
+    operator = operator or LaunchOperator.from_env()
     with _sigterm_cancels():
         return _launch(spec, module_args, workdir=workdir, job_name=job_name, env=env, cwd=cwd, on_line=on_line,
-                       poll=poll, what=what)
+                       poll=poll, what=what, operator=operator)
 
 
 def _launch(spec: LaunchSpec, module_args: list[str], *, workdir: Path, job_name: str,
             env: Mapping[str, str] | None, cwd: Path | None, on_line: Callable[[str], None] | None,
-            poll: Callable[[], None] | None, what: str | None) -> LaunchResult:
+            poll: Callable[[], None] | None, what: str | None, operator: LaunchOperator) -> LaunchResult:
     workdir.mkdir(parents=True, exist_ok=True)
     what = what or f"`mmada {' '.join(module_args)}`"
     lines = _Lines(on_line)
     if spec.kind == "sbatch":
         return _launch_sbatch(spec, module_args, workdir=workdir, job_name=job_name, env=env, cwd=cwd,
-                              lines=lines, poll=poll, what=what)
-    argv = local_argv(spec, module_args)
+                              lines=lines, poll=poll, what=what, operator=operator)
+    argv = local_argv(spec, module_args, operator)
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     proc: subprocess.Popen | None = None
@@ -300,7 +348,7 @@ def _tail_text(result: LaunchResult, n: int = TAIL_LINES) -> str:
 
 def _launch_sbatch(spec: LaunchSpec, module_args: list[str], *, workdir: Path, job_name: str,
                    env: Mapping[str, str] | None, cwd: Path | None, lines: _Lines,
-                   poll: Callable[[], None] | None, what: str) -> LaunchResult:
+                   poll: Callable[[], None] | None, what: str, operator: LaunchOperator) -> LaunchResult:
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise LaunchError("launch.kind=sbatch but `sbatch` is not on PATH: run this on a SLURM login node "
@@ -309,7 +357,7 @@ def _launch_sbatch(spec: LaunchSpec, module_args: list[str], *, workdir: Path, j
     script = workdir / f"{job_name}.sbatch"
     run_dir = (cwd or Path.cwd()).resolve()
     script.write_text(sbatch_script(spec, module_args, job_name=job_name, log_path=log_path, workdir=run_dir,
-                                    env=env))
+                                    env=env, operator=operator))
     log_path.unlink(missing_ok=True)
     argv = [sbatch, "--parsable", "--wait", str(script)]
     proc = subprocess.Popen(argv, cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

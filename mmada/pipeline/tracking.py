@@ -94,6 +94,23 @@ def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -
     return run.info.run_id, exp_id
 
 
+def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], *,
+             reuse: str | None = None) -> tuple[str, str]:
+    """The run a launched job logs into: ``reuse`` (the run its checkpoint belongs to) reopened as RUNNING
+    with ``tags`` added, when it exists in this store; else a new one (:func:`create_run`)."""
+    if reuse:
+        c = client(uri)
+        try:
+            run = c.get_run(reuse)
+        except MlflowException:
+            run = None
+        if run is not None:
+            c.update_run(reuse, status="RUNNING")
+            set_tags(uri, reuse, {**tags, "resumed": "true"})
+            return reuse, run.info.experiment_id
+    return create_run(uri, experiment, run_name, tags)
+
+
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Mark a run FAILED/KILLED when its job died before closing it (never raises)."""
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmada.config import Strict
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
@@ -32,11 +32,11 @@ class GRPOConfig(Strict):
     """The algorithm's settings (the stage config adds model, data, trainer and tracking)."""
 
 
-    num_generations: int = Field(4, ge=2, description="completions sampled per prompt (G)")
+    num_generations: int = Field(4, ge=2, le=4096, description="completions sampled per prompt (G)")
     beta: float = Field(0.0, ge=0.0, description="KL coefficient to the frozen reference policy (0: no reference)")
     epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip range (lower, and upper unless epsilon_high)")
     epsilon_high: float | None = Field(None, gt=0.0, description="separate upper clip range (DAPO-style)")
-    num_iterations: int = Field(1, ge=1, description="policy updates per rollout (μ)")
+    num_iterations: int = Field(1, ge=1, le=1000, description="policy updates per rollout (μ)")
     reward_funcs: list[str] = Field(
         default_factory=lambda: ["math_correctness", "format"],
         description="registered reward names or 'module:function' paths",
@@ -63,9 +63,14 @@ class GRPOConfig(Strict):
         lo, hi = self.mask_ratio_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"mask_ratio_range={self.mask_ratio_range} must satisfy 0 <= lo <= hi <= 1")
-        for name in self.reward_funcs:
-            resolve_reward(name)  # unknown names fail at config time, naming the function
         return self
+
+    @field_validator("reward_funcs")
+    @classmethod
+    def _known_rewards(cls, names: list[str]) -> list[str]:
+        for name in names:
+            resolve_reward(name)  # unknown or not allowed names fail at config time, naming the function
+        return names
 
 
 @dataclass

@@ -9,13 +9,18 @@ sums the applicable ones with their weights; a sample no function applies to is 
 
 Built in (``REWARDS``): ``math_correctness``, ``format``, ``mmu_correctness``, ``shapes_t2i``,
 ``digit_classifier``, ``clip_score``. Users add theirs with ``@register_reward("name")`` or by
-import path ``"package.module:function"`` in the config.
+import path ``"package.module:function"`` in the config, which only names code the operator allowed:
+a config is data (it comes from the Prefect UI and API too), so a module is imported only when the
+environment of the process that validates the config lists it (or a package above it)::
+
+    MMADA_ALLOW_REWARD_MODULES=myrewards,lab.rl.rewards    # comma-separated; unset: none allowed
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +36,8 @@ from mmada.tokenization.text import split_think
 RewardFunc = Callable[..., list[float | None]]
 REWARDS: dict[str, RewardFunc] = {}
 
+ALLOW_MODULES_ENV = "MMADA_ALLOW_REWARD_MODULES"
+"""The operator's list of modules whose functions a config may name as rewards (``module:function``)."""
 
 
 def register_reward(name: str) -> Callable[[RewardFunc], RewardFunc]:
@@ -49,6 +56,11 @@ def resolve_reward(spec: str | RewardFunc) -> RewardFunc:
         return REWARDS[spec]
     if ":" in spec:
         mod, _, attr = spec.partition(":")
+        if not module_allowed(mod):
+            allowed = ", ".join(allowed_modules()) or "none"
+            raise ConfigError(f"reward function {spec!r}: module {mod!r} is not allowed (a config cannot name code to "
+                              f"import; the operator lists the modules rewards may come from in {ALLOW_MODULES_ENV}, "
+                              f"allowed now: {allowed}); built in: {sorted(REWARDS)}")
         try:
             fn = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as exc:
@@ -57,6 +69,16 @@ def resolve_reward(spec: str | RewardFunc) -> RewardFunc:
             raise ConfigError(f"reward function {spec!r} is not callable")
         return fn
     raise ConfigError(f"unknown reward function {spec!r}; built in: {sorted(REWARDS)} (or use 'module:function')")
+
+
+def allowed_modules() -> list[str]:
+    """The modules (and packages) listed in ``MMADA_ALLOW_REWARD_MODULES``."""
+    return [m.strip() for m in os.environ.get(ALLOW_MODULES_ENV, "").split(",") if m.strip()]
+
+
+def module_allowed(module: str) -> bool:
+    """``module`` is listed in ``MMADA_ALLOW_REWARD_MODULES``, or is inside a listed package."""
+    return any(module == m or module.startswith(m + ".") for m in allowed_modules())
 
 
 def _for_tasks(columns: Mapping[str, Any], n: int, tasks: tuple[str, ...]) -> list[bool]:

@@ -31,35 +31,57 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ver
 
 def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alias: str | None,
                     tags: dict[str, str] | None = None, artifact_path: str = EXPORT_ARTIFACT_PATH,
-                    description: str | None = None) -> str | None:
-    """Log ``export_dir`` as the run's ``artifact_path`` artifacts and register it; returns the version (or None)."""
+                    description: str | None = None, step: int | None = None) -> str | None:
+    """Log ``export_dir`` as the run's ``artifact_path`` artifacts and register it; returns the version (or None).
+
+    Idempotent per run: a run registers one version (per training ``step``, tagged ``global_step``, when
+    given). When the tracker's run already has that version (a rerun of a finished run, or a crash
+    between the registry row and the alias), it is returned, nothing is logged or registered again, and
+    the alias is (re)set on it.
+    """
     if not tracker.online:
         return None
-    if not tracker.log_artifacts(export_dir, artifact_path):
-        return None
     client = tracker.client
+    key = {"global_step": str(step)} if step is not None else {}
+    existing = run_version(tracker, name, key)
+    if existing is not None:
+        version = existing
+    else:
+        if not tracker.log_artifacts(export_dir, artifact_path):
+            return None
 
-    def ensure_model() -> None:
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
+        def ensure_model() -> None:
             try:
-                client.create_registered_model(name, description=description)
-            except MlflowException:  # registered concurrently
                 client.get_registered_model(name)
+            except MlflowException:
+                try:
+                    client.create_registered_model(name, description=description)
+                except MlflowException:  # registered concurrently
+                    client.get_registered_model(name)
 
-    ok, _ = tracker.try_call(f"create registered model {name!r}", ensure_model)
-    if not ok:
-        return None
-    mv = tracker.call("create_model_version", client.create_model_version, name,
-                      f"runs:/{tracker.run_id}/{artifact_path}", run_id=tracker.run_id,
-                      tags={k: str(v) for k, v in (tags or {}).items()})
-    if mv is None:
-        return None
+        ok, _ = tracker.try_call(f"create registered model {name!r}", ensure_model)
+        if not ok:
+            return None
+        mv = tracker.call("create_model_version", client.create_model_version, name,
+                          f"runs:/{tracker.run_id}/{artifact_path}", run_id=tracker.run_id,
+                          tags={k: str(v) for k, v in {**(tags or {}), **key}.items()})
+        if mv is None:
+            return None
+        version = str(mv.version)
     if alias:
-        tracker.call(f"set alias {alias!r}", client.set_registered_model_alias, name, alias, mv.version)
-    tracker.set_tags({"registered_model": f"{name}/{mv.version}"})
-    return str(mv.version)
+        tracker.call(f"set alias {alias!r}", client.set_registered_model_alias, name, alias, version)
+    tracker.set_tags({"registered_model": f"{name}/{version}"})
+    return version
+
+
+def run_version(tracker: Tracker, name: str, tags: dict[str, str] | None = None) -> str | None:
+    """The newest version of ``name`` registered from the tracker's run (with these tags), or None."""
+    if "'" in name or any("'" in k + v or "`" in k for k, v in (tags or {}).items()):
+        return None  # not expressible in a registry filter; such names are never matched
+    where = " and ".join([f"name = '{name}'", f"run_id = '{tracker.run_id}'",
+                          *(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())])
+    found = tracker.call("search_model_versions", tracker.client.search_model_versions, where)
+    return str(max(int(v.version) for v in found)) if found else None
 
 
 def parse_model_uri(uri: str) -> dict[str, str] | None:

@@ -14,10 +14,12 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from mmada.data.images import image_grid
@@ -94,15 +97,97 @@ def clean_partials(directory: Path) -> list[str]:
     return removed
 
 
-def find_resume_checkpoint(directory: Path) -> Path | None:
-    """``last.ckpt`` (or, if a directory swap was interrupted, its complete previous copy)."""
-    last = directory / "last.ckpt"
-    if last.exists():
-        return last
-    old = directory / f"{PARTIAL_PREFIX}old-last.ckpt"
-    if old.exists():
-        return old
-    return None
+@dataclass
+class ResumePoint:
+    """A checkpoint that loads: where training continues, and the MLflow run that wrote it."""
+
+    path: Path
+    global_step: int
+    run_id: str | None = None
+    """The run recorded in the checkpoint (:class:`TrackingCallback` state; None in older checkpoints)."""
+    tracking_uri: str | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    """Newer checkpoints that did not load, with the reason."""
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint that does not load (truncated, corrupt, not a training checkpoint, or a refused pickle)."""
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def inspect_checkpoint(path: Path) -> ResumePoint:
+    """Load ``path`` as a training checkpoint, without executing code (``weights_only``; tensors memory-mapped,
+    not read) and return its step and run; raises :class:`UnreadableCheckpoint` saying why it does not load.
+
+    A sharded (FSDP) checkpoint directory counts when its DCP ``.metadata`` (written last) is there; its
+    step and run come from Lightning's ``meta.pt`` in it.
+    """
+    path = Path(path)
+    target = path
+    if path.is_dir():
+        if not (path / ".metadata").is_file():
+            raise UnreadableCheckpoint("sharded checkpoint directory without its .metadata (an interrupted save)")
+        target = path / "meta.pt"
+        if not target.is_file():
+            return ResumePoint(path, -1)
+    try:
+        ckpt = torch.load(target, map_location="cpu", weights_only=True, mmap=not path.is_dir())
+    except Exception as exc:  # truncated zip, bit rot, a pickle that is not plain tensors ...
+        raise UnreadableCheckpoint(_reason(exc)) from None
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt or ("state_dict" not in ckpt and not path.is_dir()):
+        raise UnreadableCheckpoint("not a Lightning training checkpoint (no global_step/state_dict)")
+    run = (ckpt.get("callbacks") or {}).get(TrackingCallback.__qualname__) or {}
+    return ResumePoint(path, int(ckpt["global_step"]), run_id=run.get("run_id"), tracking_uri=run.get("tracking_uri"))
+
+
+def _candidates(directory: Path) -> list[tuple[int | None, Path]]:
+    """``(step from the name or None, path)``: ``last`` (and its complete previous copy, if a directory swap
+    was interrupted) first, then the step checkpoints, newest first."""
+    found: list[tuple[int | None, Path]] = [(None, p) for p in (directory / "last.ckpt",
+                                                                directory / f"{PARTIAL_PREFIX}old-last.ckpt")
+                                            if p.exists()]
+    steps = []
+    for p in directory.glob("step*.ckpt") if directory.is_dir() else []:
+        m = re.fullmatch(r"step(\d+)\.ckpt", p.name)
+        if m:
+            steps.append((int(m.group(1)), p))
+    return found + sorted(steps, key=lambda item: item[0], reverse=True)
+
+
+def find_resume_checkpoint(directory: Path, *, quiet: bool = False) -> ResumePoint | None:
+    """The newest checkpoint in ``directory`` that loads (:func:`inspect_checkpoint`), or None.
+
+    A newer one that does not load (e.g. ``last.ckpt`` cut short by a full disk) is skipped with a
+    warning naming it and why; when checkpoints exist but none loads, a warning says training starts
+    from scratch (nothing in them can be used; each unreadable file is replaced when training saves
+    that name again). ``quiet``: no warnings (a launcher looking ahead at what its job will do).
+    """
+    best: ResumePoint | None = None
+    skipped: list[tuple[Path, str]] = []
+    for step, path in _candidates(Path(directory)):
+        if best is not None and step is not None and step <= best.global_step:
+            break  # the step files are newest first: nothing newer is left
+        try:
+            point = inspect_checkpoint(path)
+        except UnreadableCheckpoint as exc:
+            skipped.append((path, str(exc)))
+            continue
+        if best is None or point.global_step > best.global_step:
+            best = point
+    if best is not None:
+        best.skipped = skipped
+    if not quiet and rank_zero_only.rank == 0:
+        for path, why in skipped:
+            log.warning("checkpoint %s does not load (%s): skipped", path, why)
+        if best is not None and best.skipped:
+            log.warning("resuming from %s (step %d), the newest checkpoint that loads", best.path, best.global_step)
+        elif best is None and skipped:
+            log.warning("no checkpoint in %s loads (%d skipped): starting from scratch", directory, len(skipped))
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,17 +308,20 @@ class SampleCallback(Callback):
 class TrackingCallback(Callback):
     """Rank 0 starts (or re-attaches to) the MLflow run when the trainer first starts; every rank learns its id.
 
-    Run id precedence: ``$MLFLOW_RUN_ID`` (a launcher created the run), the run recorded in
-    ``<output_dir>/mlflow_run.json`` when resuming, else a new run. Logs the full config as
+    Run id precedence: ``$MLFLOW_RUN_ID`` (a launcher created the run, or handed over the one the
+    checkpoint names: :func:`mmada.training.harness.resumed_run`), the run recorded in the checkpoint
+    training resumes from (this callback's state; in older checkpoints, ``<output_dir>/mlflow_run.json``),
+    else a new run: one training, however often resumed, is one MLflow run. Logs the full config as
     params, lineage tags and the shard manifests as dataset inputs; local rank 0 of every node
     samples system metrics into the same run (node id ``node<k>``).
     """
 
-    def __init__(self, tracker: Tracker, cfg, *, resuming: bool, tags: dict[str, str],
+    def __init__(self, tracker: Tracker, cfg, *, resume: ResumePoint | None, tags: dict[str, str],
                  inputs: list[dict[str, Any]]) -> None:
         self.tracker = tracker
         self.cfg = cfg
-        self.resuming = resuming
+        self.resume = resume
+        self.resuming = resume is not None
         self.tags = tags
         self.inputs = inputs
         self.run_id: str | None = None
@@ -249,9 +337,11 @@ class TrackingCallback(Callback):
         env_run = os.environ.get("MLFLOW_RUN_ID")
         if env_run:
             return t.attach(env_run)
-        if self.resuming and self.run_file.is_file():
-            rec = json.loads(self.run_file.read_text())
-            if rec.get("tracking_uri") == t.tracking_uri and t.attach(rec["run_id"]):
+        if self.resume is not None:
+            rec = {"run_id": self.resume.run_id, "tracking_uri": self.resume.tracking_uri}
+            if not rec["run_id"] and self.run_file.is_file():  # a checkpoint from before runs were recorded in it
+                rec = json.loads(self.run_file.read_text())
+            if rec.get("run_id") and rec.get("tracking_uri") == t.tracking_uri and t.attach(rec["run_id"]):
                 t.set_tags({"resumed": "true"})
                 return t.run_id
         return t.start_run(self.cfg.experiment, run_name=self.cfg.tracking.run_name or self.cfg.name,
@@ -280,6 +370,13 @@ class TrackingCallback(Callback):
             node.set_tags({f"node{trainer.node_rank}.host": socket.gethostname()})
             if self.cfg.tracking.log_system_metrics:
                 self._start_system_metrics(trainer.node_rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the run this training logs into (what a resume re-attaches to)."""
+        return {"run_id": self.run_id, "tracking_uri": self.tracker.tracking_uri}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the run was chosen before the restore, from the same checkpoint (:func:`inspect_checkpoint`)."""
 
     def _log_inputs(self) -> None:
         """Each shard manifest as an MLflow dataset input (one row per shard; digest = manifest sha256)."""

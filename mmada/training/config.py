@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mmada.config import Strict, load_config, validate
+from mmada.config import MAX_STEPS, Strict, load_config, validate
 from mmada.data.streams import DataSpec, Task
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.rl.grpo import GRPOConfig
@@ -74,7 +74,7 @@ class LossSpec(Strict):
 class SamplesSpec(Strict):
     """Periodic generations logged as MLflow artifacts (text answers, a grid of generated images)."""
 
-    every_n_steps: int = Field(0, ge=0)
+    every_n_steps: int = Field(0, ge=0, le=MAX_STEPS)
     """0 disables periodic samples (they are still made once at the end if prompts/captions are set)."""
     prompts: list[str] = Field(default_factory=list)
     think: bool = False

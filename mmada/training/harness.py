@@ -8,8 +8,12 @@
 (the image tokenizer) build their Lightning module, data module and export function, and call
 :func:`fit`, which, on every rank (rank 0 owns the MLflow run):
 
-1. seeds everything and picks the checkpoint to resume from (``checkpoint.resume: auto``:
-   ``<checkpoint dir>/last.ckpt`` when it exists, else a fresh start);
+1. seeds everything and picks the checkpoint to resume from (``checkpoint.resume: auto``: the newest
+   checkpoint of ``<checkpoint dir>`` that loads, saying which newer ones it skipped and why, else a
+   fresh start: :func:`~mmada.training.callbacks.find_resume_checkpoint`). When that checkpoint is the
+   final step of a run that already delivered (its result is recorded next to the checkpoints and its
+   export is in place), nothing is trained again: the recorded result is reported, its registered
+   version (re)gets the alias, and no version is added;
 2. builds the Trainer with the non-blocking MLflow logger (:class:`TrackerLogger`) and the harness
    callbacks: the MLflow run (:class:`TrackingCallback`: created, or re-attached when resuming;
    params, lineage tags, system metrics), atomic checkpoints every ``checkpoint.every_n_steps``
@@ -18,7 +22,9 @@
    checkpoints, so a resumed run does not repeat it);
 4. fits, then validates the final weights unless that step was just validated;
 5. writes the deliverable directory (the task's :class:`Export`, atomically), logs it as the run's
-   artifacts and, when a registered model is named, registers it as a new version with an alias;
+   artifacts and, when a registered model is named, registers it as a new version with an alias
+   (once per run and step: :func:`~mmada.tracking.registry.register_export`), then records the
+   result next to the checkpoints (``result.json``);
 6. closes the run FINISHED, or FAILED when anything raised.
 """
 
@@ -29,28 +35,32 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from pydantic import TypeAdapter, ValidationError
 
 from mmada.config import format_errors
 from mmada.errors import ConfigError, MMaDAError
-from mmada.files import write_text
+from mmada.files import remove_partials, write_text
 from mmada.tracking import default_tracking_uri
 from mmada.tracking.client import Tracker
 from mmada.tracking.logger import TrackerLogger
 from mmada.tracking.registry import register_export
 from mmada.training.callbacks import (
     AtomicModelCheckpoint,
+    ResumePoint,
     SpeedMonitor,
     TrackingCallback,
+    UnreadableCheckpoint,
     clean_partials,
     find_resume_checkpoint,
+    inspect_checkpoint,
 )
 from mmada.training.specs import RunConfig
 from mmada.training.trainer import build_trainer
@@ -147,29 +157,90 @@ def open_tracker(cfg: RunConfig) -> Tracker:
                    fallback_path=cfg.out_dir / "mlflow_failed.jsonl")
 
 
-def resolve_resume(cfg: RunConfig) -> str | None:
+RESULT_RECORD = "result.json"
+"""The :class:`TrainResult` of a finished run, in its checkpoint directory (what a rerun reports)."""
+
+
+def resolve_resume(cfg: RunConfig, *, quiet: bool = False) -> ResumePoint | None:
+    """The checkpoint training continues from (``checkpoint.resume``), or None for a fresh start."""
     r = cfg.checkpoint.resume
     if r == "never":
         return None
     if r == "auto":
-        found = find_resume_checkpoint(cfg.checkpoint_dir)
-        return str(found) if found else None
+        return find_resume_checkpoint(cfg.checkpoint_dir, quiet=quiet)
     if not Path(r).exists():
         raise ConfigError(f"checkpoint.resume: {r!r} does not exist")
-    return r
+    try:
+        return inspect_checkpoint(Path(r))
+    except UnreadableCheckpoint as exc:
+        raise ConfigError(f"checkpoint.resume: {r!r} does not load ({exc}); name another checkpoint, or 'auto' "
+                          "for the newest one that loads") from None
+
+
+def resumed_run(cfg: RunConfig, tracking_uri: str) -> str | None:
+    """The MLflow run (in ``tracking_uri``) that a job for ``cfg`` will continue: the run recorded in the
+    checkpoint it resumes from. A launcher hands it to the job (``MLFLOW_RUN_ID``) instead of creating
+    a new run, so a rerun after a crash stays one run with one registered version."""
+    point = resolve_resume(cfg, quiet=True)
+    if point is None or not point.run_id or point.tracking_uri != tracking_uri:
+        return None
+    return point.run_id
+
+
+def finished_result(cfg: RunConfig, resume: ResumePoint | None, tracker: Tracker, export: Export) -> TrainResult | None:
+    """The recorded result of the finished run whose final checkpoint ``resume`` is, when its export is in
+    place and its MLflow run exists (the version to report lives there); else None: the run delivers again."""
+    if resume is None or resume.global_step < cfg.trainer.max_steps:
+        return None
+    path = cfg.checkpoint_dir / RESULT_RECORD
+    if not path.is_file():
+        return None
+    try:
+        done = read_result(path)
+    except MMaDAError:
+        return None
+    if done.global_step != resume.global_step or (resume.run_id and done.run_id != resume.run_id):
+        return None
+    if done.export_dir is None or not done.export_dir.is_dir():
+        return None
+    if done.run_id is None:  # trained without MLflow: only a run that needs no registry is finished
+        return None if export.registered_model else done
+    ok, run = tracker.try_call("get_run", tracker.client.get_run, done.run_id)
+    return done if ok and run is not None else None
+
+
+def report_finished(cfg: RunConfig, done: TrainResult, *, tracker: Tracker, export: Export,
+                    tags: dict[str, str]) -> TrainResult:
+    """A rerun of a finished run: its recorded result, with its version (re)aliased (and registered only if
+    it went missing from the registry); nothing is trained, exported or logged again."""
+    if rank_zero_only.rank != 0:
+        return replace(done, export_dir=None, model_version=None, registered_model=None)
+    log.warning("%s: this run finished at step %d and delivered %s: reporting it, nothing to train",
+                cfg.checkpoint_dir, done.global_step, done.export_dir)
+    if not export.registered_model or done.run_id is None or not tracker.attach(done.run_id):
+        return done
+    try:
+        version = publish(tracker, export, done.export_dir, tags, step=done.global_step)
+    finally:
+        tracker.close("FINISHED")
+    result = replace(done, model_version=version, registered_model=export.registered_model if version else None)
+    if result != done:
+        write_result(cfg.checkpoint_dir / RESULT_RECORD, result)
+    return result
 
 
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
-def publish(tracker: Tracker, export: Export, export_dir: Path | None, tags: dict[str, str]) -> str | None:
-    """Log the export as the run's artifacts, registered as a new version when a model is named."""
+def publish(tracker: Tracker, export: Export, export_dir: Path | None, tags: dict[str, str], *,
+            step: int) -> str | None:
+    """Log the export as the run's artifacts, registered as a version when a model is named (one per run and step)."""
     if export_dir is None:
         return None
     if export.registered_model:
         version = register_export(tracker, export_dir, export.registered_model, alias=export.alias,
-                                  tags={**tags, "run_id": tracker.run_id or ""},
+                                  tags={**tags, "run_id": tracker.run_id or ""}, step=step,
                                   artifact_path=export.artifact_path, description=export.description)
         if version is None:
             log.warning("exported to %s but not registered (MLflow unavailable)", export_dir)
@@ -193,7 +264,10 @@ def fit(cfg: RunConfig, module: L.LightningModule, data: L.LightningDataModule, 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(cfg)
-    tracking = TrackingCallback(tracker, cfg, resuming=resume is not None, tags=tags, inputs=list(inputs))
+    done = finished_result(cfg, resume, tracker, export)
+    if done is not None:
+        return report_finished(cfg, done, tracker=tracker, export=export, tags=tags)
+    tracking = TrackingCallback(tracker, cfg, resume=resume, tags=tags, inputs=list(inputs))
     checkpoints = AtomicModelCheckpoint(
         dirpath=str(cfg.checkpoint_dir), filename="step{step:08d}", auto_insert_metric_name=False,
         every_n_train_steps=cfg.checkpoint.every_n_steps, save_last=True, monitor="step", mode="max",
@@ -208,27 +282,40 @@ def fit(cfg: RunConfig, module: L.LightningModule, data: L.LightningDataModule, 
                             manual_optimization=manual, progress_bar=progress_bar)
     if trainer.is_global_zero:
         clean_partials(cfg.checkpoint_dir)
-    status, export_dir, version, seconds, metrics = "FAILED", None, None, 0.0, {}
+        remove_partials(cfg.out_dir)  # an export interrupted while being written
+    status, result = "FAILED", None
     try:
         if baseline and resume is None:
             trainer.validate(module, datamodule=data, verbose=False)  # step 0: the initial weights
             validations.baseline = scalar_metrics(trainer)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None, weights_only=True)
         seconds = time.perf_counter() - start
         metrics = scalar_metrics(trainer)
         if validate and validations.last_step != trainer.global_step:
             trainer.validate(module, datamodule=data, verbose=False)
             metrics |= scalar_metrics(trainer)
+        if resume is not None and trainer.global_step == resume.global_step and trainer.is_global_zero:
+            metrics = logged_metrics(tracker) | metrics  # nothing trained here: what the run logged before
         export_dir = export.write(trainer)
+        version = None
         if trainer.is_global_zero:
-            version = publish(tracker, export, export_dir, tags)
+            version = publish(tracker, export, export_dir, tags, step=trainer.global_step)
+        result = TrainResult(global_step=trainer.global_step, run_id=tracking.run_id, export_dir=export_dir,
+                             model_version=version, registered_model=export.registered_model if version else None,
+                             metrics=metrics, initial_metrics=validations.baseline, train_seconds=seconds,
+                             tokens_per_s=speed.history, checkpoint_dir=cfg.checkpoint_dir)
+        if trainer.is_global_zero:
+            write_result(cfg.checkpoint_dir / RESULT_RECORD, result)
         status = "FINISHED"
     finally:
         tracking.stop_system_metrics()
         if trainer.is_global_zero:
             tracker.close(status)
-    return TrainResult(global_step=trainer.global_step, run_id=tracking.run_id, export_dir=export_dir,
-                       model_version=version, registered_model=export.registered_model if version else None,
-                       metrics=metrics, initial_metrics=validations.baseline,
-                       train_seconds=seconds, tokens_per_s=speed.history, checkpoint_dir=cfg.checkpoint_dir)
+    return result
+
+
+def logged_metrics(tracker: Tracker) -> dict[str, float]:
+    """The latest value of every training metric of the tracker's run (not the ``system/`` samples)."""
+    run = tracker.call("get_run", tracker.client.get_run, tracker.run_id) if tracker.online else None
+    return {k: float(v) for k, v in (run.data.metrics if run is not None else {}).items() if not k.startswith("system/")}

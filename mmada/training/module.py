@@ -30,6 +30,7 @@ from mmada.diffusion import unified_loss
 from mmada.errors import ConfigError
 from mmada.files import write_json
 from mmada.models import MMaDAConfig, MMaDAModelLM, check_ids
+from mmada.models.loading import load_model
 from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
 from mmada.training.config import TrainConfig
@@ -58,7 +59,7 @@ class MMaDAModule(L.LightningModule):
         if self.model is not None:
             return
         if self.init_dir is not None:
-            self.model = MMaDAModelLM.from_pretrained(self.init_dir, dtype=torch.float32)
+            self.model = load_model(self.init_dir, dtype=torch.float32)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from mmada.config import Strict
+from mmada.config import MAX_COUNT, MAX_STEPS, Strict
 
 
 class OptimSpec(Strict):
@@ -32,7 +32,7 @@ class OptimSpec(Strict):
     no_decay: list[str] = Field(default_factory=lambda: ["bias", "layer_norm.weight", "mlm_ln.weight",
                                                           "embeddings.weight"])
     """Parameters whose name contains one of these get no weight decay (the reference's list)."""
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(100, ge=0, le=MAX_STEPS)
     min_lr_scale: float = Field(0.0, ge=0, le=1)
     """Cosine decay from ``lr`` to ``lr · min_lr_scale`` at ``trainer.max_steps``."""
     scheduler: Literal["cosine", "constant"] = "cosine"
@@ -52,16 +52,16 @@ class TrainerSpec(Strict):
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
     devices: int | Literal["auto"] = 1
     """Processes per node (GPUs per node; SLURM ``--ntasks-per-node``)."""
-    num_nodes: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1, le=4096)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     """``auto``: single process, or DDP when there are several; ``fsdp``: FSDP2 (per-parameter sharding)."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     """``auto``: ``bf16-mixed`` on GPU, ``32-true`` on CPU."""
-    accumulate_grad_batches: int = Field(1, ge=1)
-    max_steps: int = Field(1000, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1, le=4096)
+    max_steps: int = Field(1000, ge=1, le=MAX_STEPS)
     """Optimizer steps of the run (resumed runs stop at the same total)."""
-    log_every_n_steps: int = Field(10, ge=1)
-    val_every_n_steps: int | None = Field(None, ge=1)
+    log_every_n_steps: int = Field(10, ge=1, le=MAX_STEPS)
+    val_every_n_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     """Run validation every N optimizer steps (None: only at the end of the run; 0 batches disables it)."""
     activation_checkpointing: bool = False
     """Recompute transformer blocks in backward without FSDP (memory for compute)."""
@@ -74,8 +74,8 @@ class TrainerSpec(Strict):
 
 
 class CheckpointSpec(Strict):
-    every_n_steps: int = Field(500, ge=1)
-    keep_last: int = Field(2, ge=-1)
+    every_n_steps: int = Field(500, ge=1, le=MAX_STEPS)
+    keep_last: int = Field(2, ge=-1, le=MAX_COUNT)
     """Step checkpoints kept besides ``last`` (-1: all)."""
     resume: str = "auto"
     """``auto`` (continue from ``<dir>/last.ckpt`` if present), ``never``, or a checkpoint path."""
@@ -97,8 +97,8 @@ class TrackingSpec(Strict):
     registry: bool = True
     """Register the export as a new version of ``registered_model`` (with ``alias``)."""
     log_system_metrics: bool = True
-    system_metrics_interval: float = Field(10.0, gt=0)
-    max_retries: int = Field(3, ge=0)
+    system_metrics_interval: float = Field(10.0, gt=0, le=86400)
+    max_retries: int = Field(3, ge=0, le=100)
     """Retries of a failed MLflow call before it is reported and dropped (training never stops for it)."""
 
 

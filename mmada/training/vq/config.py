@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from mmada.config import Strict
+from mmada.config import MAX_STEPS, Strict
 from mmada.data.vq import ImageDataSpec
 from mmada.models.vq.config import VQConfig
 from mmada.training.specs import CheckpointSpec, OptimSpec, RunConfig, TrackingSpec, TrainerSpec
@@ -38,7 +38,7 @@ class VQLossSpec(Strict):
     """LFQ commitment term ``mean((z − sign z)²)``."""
     adversarial_weight: float = Field(0.0, ge=0)
     """PatchGAN hinge loss weight for the generator; 0 (default) disables the discriminator."""
-    adversarial_start_step: int = Field(0, ge=0)
+    adversarial_start_step: int = Field(0, ge=0, le=MAX_STEPS)
     """Step from which the adversarial term is applied (the discriminator trains from then on too)."""
     disc_channels: int = Field(32, ge=4)
     disc_lr: float = Field(2e-4, gt=0)
@@ -73,7 +73,7 @@ class VQTrainConfig(RunConfig):
     id or an MLflow ``models:/`` URI (:func:`mmada.data.vq.load_tokenizer_model`)."""
     channels_last: bool = True
     """Use the channels-last memory layout (faster convolutions on CPU and tensor cores)."""
-    grid_images: int = Field(8, ge=1)
+    grid_images: int = Field(8, ge=1, le=256)
     """Validation images shown in the reconstruction grid artifact."""
 
     HASH_EXCLUDE: ClassVar[dict[str, Any]] = {**RunConfig.HASH_EXCLUDE, "grid_images": True}
