@@ -42,7 +42,7 @@ from pydantic import BaseModel
 
 import mmada
 from mmada.data import io as dio
-from mmada.data.answers import final_answer, is_equivalent
+from mmada.data.answers import computed_answer, trace_computes
 from mmada.data.dedup import MinHasher, NearDuplicateIndex, exact_key
 from mmada.data.errors import CountMismatchError, DataError, RecordRejected, ShardError
 from mmada.data.images import decode_png_rgb, prepare_image
@@ -217,14 +217,14 @@ def build_sample(spec: CurationSpec, src: SourceBase, raw: RawRecord, norm: Norm
                 final = final_text(norm.answer, tmpl)
             else:
                 raise RecordRejected("missing_field", "answer")
-        if flt.verify_answer:
-            trace = norm.response if norm.response is not None else (norm.thinking or "")
-            pred = final_answer(trace)
+        if flt.verify_answer:  # the gold answer must be what the worked solution computes
+            trace = norm.response if norm.response is not None else (norm.solution or norm.thinking or "")
+            pred = computed_answer(trace)
             if pred is None:
                 raise RecordRejected("no_final_answer", "the trace states no final answer")
             if norm.gold is None:
                 raise RecordRejected("missing_field", "gold answer (needed by filters.verify_answer)")
-            if not is_equivalent(pred, norm.gold):
+            if not trace_computes(trace, norm.gold):
                 raise RecordRejected("answer_mismatch", f"trace answer {pred!r} != gold {norm.gold!r}")
         messages = build_messages(history, question, thinking, final, tmpl)
         prompt, response = render(messages, tmpl)

@@ -124,7 +124,7 @@ class Gsm8kReader(TextReader):
         gold = gold.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+", gold) else gold
         thinking = strip_calculator_annotations(trace) if spec.template.strip_calculator_annotations else trace
         return Normalized(source_id=_id(src, d), question=q.strip(), thinking=nonempty(thinking.strip(), "answer trace"),
-                          answer=gold, gold=gold, metadata={"gold_answer": gold})
+                          answer=gold, gold=gold, solution=trace, metadata={"gold_answer": gold})
 
 
 @register

@@ -1,0 +1,89 @@
+"""Faults of the data layer (issue 17): curation outputs, sources, images, answers, shard loading.
+
+Each test breaks one thing the way a careless or hostile user (or a full disk) would, through the
+real code path, and checks the promise of docs/reliability.md: a one-line error naming the value,
+``read = kept + rejected`` with a reason for every rejected record, nothing half-written under a
+final name, and a rerun that finishes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_data_readers import run, write_jsonl
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def quarantine_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------
+# row 13: the answer check of a worked solution is what the trace computes, not its last number
+
+# GSM8K items in the dataset's exact format (question, answer = worked solution with calculator
+# annotations, then "#### N"), each consistent with its gold answer.
+GSM8K_CONSISTENT = [
+    # the result, then more quantities in the same sentence
+    {"question": "Pens cost $3 each. Sara buys 4 pens for her 5 pens collection... how much does she pay?",
+     "answer": "Each pen costs $3, so she pays 3 * 4 = <<3*4=12>>12 dollars for her 5 pens.\n#### 12"},
+    {"question": "A shirt costs $15. How much do 2 shirts cost?",
+     "answer": "The 2 shirts cost 2 * 15 = $<<2*15=30>>30 in total, for the 2 of them.\n#### 30"},
+    {"question": "Jan walks 3 km every day. How far does she walk in a week?",
+     "answer": "In a week she walks 3 * 7 = <<3*7=21>>21 km over the 7 days.\n#### 21"},
+    # thousands separators and dollars in the trace and in the gold
+    {"question": "Tom earns $40 a day. How much does he earn in 30 days?",
+     "answer": "He earns 40 * 30 = $<<40*30=1200>>1,200 in 30 days.\n#### 1,200"},
+    {"question": "A car costs $12,500 and its insurance costs $1,500. What is the total cost?",
+     "answer": "The total is 12,500 + 1,500 = $<<12500+1500=14000>>14,000.\n#### 14000"},
+    # multi-step traces (the published train set's first items)
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                 "How many clips did Natalia sell altogether in April and May?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+               "altogether in April and May.\n#### 72"},
+    {"question": "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she "
+                 "needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much "
+                 "as her parents. How much more money does Betty need to buy the wallet?",
+     "answer": "In the beginning, Betty has only 100 / 2 = $<<100/2=50>>50.\nBetty's grandparents gave her "
+               "15 * 2 = $<<15*2=30>>30.\nThis means, Betty needs 100 - 50 - 30 - 15 = $<<100-50-30-15=5>>5 "
+               "more.\n#### 5"},
+    {"question": "James writes a 3-page letter to 2 different friends twice a week. How many pages does he "
+                 "write a year?",
+     "answer": "He writes each friend 3*2=<<3*2=6>>6 pages a week\nSo he writes 6*2=<<6*2=12>>12 pages every "
+               "week\nThat means he writes 12*52=<<12*52=624>>624 pages a year\n#### 624"},
+    # the conclusion restates an earlier computed result after the last calculation
+    {"question": "Tom has 3 apples and buys 4 more. Jerry has twice as many as Tom. How many apples does Tom have?",
+     "answer": "Tom has 3+4=<<3+4=7>>7 apples.\nJerry has 7*2=<<7*2=14>>14 apples.\nSo Tom has 7 apples.\n#### 7"},
+    # a non-integer last calculation rounded down as the question asks
+    {"question": "Cookies come in boxes of 12. How many full boxes can Mia fill with 100 cookies?",
+     "answer": "She can fill 100/12 = <<100/12=8.33>>8.33 boxes, so 8 full boxes of 12.\n#### 8"},
+]
+# ... and items whose gold answer is not what the trace computes (still rejected).
+GSM8K_INCONSISTENT = [
+    {"question": "Natalia sold 48 clips in April and half as many in May. How many altogether?",
+     "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+               "altogether in April and May.\n#### 27"},
+    {"question": "Pens cost $3 each. Sara buys 4 pens. How much does she pay?",
+     "answer": "Each pen costs $3, so she pays 3 * 4 = <<3*4=12>>12 dollars for her 5 pens.\n#### 5"},
+    {"question": "A shirt costs $15. How much do 2 shirts cost?",
+     "answer": "The 2 shirts cost 2 * 15 = $<<2*15=30>>30.\n#### 3,000"},
+]
+
+
+def test_gsm8k_solutions_consistent_with_their_answer_are_kept(tmp_path):
+    rows = GSM8K_CONSISTENT + GSM8K_INCONSISTENT
+    f = write_jsonl(tmp_path / "gsm8k" / "train.jsonl", rows)
+    m, samples, q = run(tmp_path, "reasoning", [{"type": "gsm8k", "uri": str(f)}],
+                        filters={"verify_answer": True, "exact_dedup": False})
+    kept_lines = sorted(int(k.rsplit("-", 1)[1]) for k in samples)
+    assert kept_lines == list(range(1, len(GSM8K_CONSISTENT) + 1)), q
+    assert [(x["position"], x["reason"]) for x in q] == [
+        (f"line {len(GSM8K_CONSISTENT) + i + 1}", "answer_mismatch") for i in range(len(GSM8K_INCONSISTENT))]
+    assert "72" in q[0]["detail"] and "27" in q[0]["detail"]  # names what the trace computes and the gold
+    assert m.counts.model_dump() == {"read": len(rows), "kept": len(GSM8K_CONSISTENT), "rejected": 3}
+    # the kept trace is the solution without calculator annotations, the answer the gold one
+    s = samples["gsm8k-0-000000001"]["json"]
+    assert "<<" not in s.thinking and s.thinking.endswith("for her 5 pens.") and s.answer == "12"
