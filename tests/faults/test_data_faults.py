@@ -87,3 +87,40 @@ def test_gsm8k_solutions_consistent_with_their_answer_are_kept(tmp_path):
     # the kept trace is the solution without calculator annotations, the answer the gold one
     s = samples["gsm8k-0-000000001"]["json"]
     assert "<<" not in s.thinking and s.thinking.endswith("for her 5 pens.") and s.answer == "12"
+
+
+# ------------------------------------------------------------------------------------------------
+# row 12: a UTF-8 byte-order mark is accepted (JSON Lines, JSON arrays, captions files)
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_utf8_byte_order_marks_are_accepted(tmp_path):
+    from tests.test_data_readers import GSM8K_ROWS, png_bytes
+
+    jsonl = tmp_path / "gsm8k.jsonl"
+    jsonl.write_bytes(BOM + b"".join(json.dumps(r).encode() + b"\n" for r in GSM8K_ROWS))
+    alpaca = tmp_path / "alpaca.json"  # a JSON array, container found from the file (auto)
+    alpaca.write_bytes(BOM + json.dumps([{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(3)]).encode())
+    m, _, q = run(tmp_path, "reasoning", [{"type": "gsm8k", "uri": str(jsonl)}, {"type": "alpaca", "uri": str(alpaca)}],
+                  filters={"verify_answer": False})
+    assert q == [] and m.counts.model_dump() == {"read": 6, "kept": 6, "rejected": 0}
+
+    for cap, text in [("captions.jsonl", "".join(json.dumps({"file": f"{i}.png", "caption": f"image {i}"}) + "\n"
+                                                  for i in range(3))),
+                      ("captions.csv", "file,caption\n" + "".join(f"{i}.png,image {i}\n" for i in range(3)))]:
+        root = tmp_path / cap.replace(".", "_")
+        root.mkdir()
+        for i in range(3):
+            (root / f"{i}.png").write_bytes(png_bytes((40 * i, 10, 200)))
+        (root / cap).write_bytes(BOM + text.encode())
+        m, samples, q = run(tmp_path, "image_text", [{"type": "image_folder", "uri": str(root), "captions": cap}],
+                            name=root.name.replace("_", "-"))
+        assert q == [] and m.counts.kept == 3, (cap, q)
+        assert sorted(s["txt"] for s in samples.values()) == ["image 0", "image 1", "image 2"]
+    (root / "0.txt").write_bytes(BOM + b"a caption beside its image")  # img2dataset "files" layout
+    (root / "captions.csv").unlink()
+    for i in (1, 2):
+        (root / f"{i}.png").unlink()
+    _, samples, _ = run(tmp_path, "image_text", [{"type": "image_folder", "uri": str(root)}], name="beside")
+    assert [s["txt"] for s in samples.values()] == ["a caption beside its image"]

@@ -53,7 +53,7 @@ def _container_of(uri: str, declared: str) -> str:
         return "arrow"
     if low.endswith(".json"):
         with C.open_decompressed(uri) as f:  # JSON arrays start with '[', JSON Lines with '{'
-            head = f.read(4096).lstrip()
+            head = f.read(4096).removeprefix(C.BOM).lstrip()
         return "json" if head.startswith(b"[") else "jsonl"
     return "jsonl"
 

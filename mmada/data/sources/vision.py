@@ -35,7 +35,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 def _decode_caption(raw: bytes, what: str) -> str:
     try:
-        return raw.decode("utf-8").strip()
+        return raw.decode("utf-8-sig").strip()  # utf-8, a leading byte-order mark dropped
     except UnicodeDecodeError as exc:
         raise RecordRejected("not_utf8", f"{what}: {exc}") from None
 
@@ -120,7 +120,7 @@ def _folder_units(src: SourceBase) -> list[dict]:
     cap_uri = captions if "://" in captions else root + "/" + captions
     name = C.basename(cap_uri)
     try:
-        raw = read_bytes(cap_uri)
+        raw = read_bytes(cap_uri).removeprefix(C.BOM)
     except DataError as exc:
         raise DataError(f"captions file {cap_uri!r} not found") from exc
     seen: set[str] = set()
