@@ -139,12 +139,28 @@ def fingerprint_source(spec: CurationSpec, index: int) -> str:
     return get_reader(src).fingerprint(src)
 
 
+# OSErrors that say a source path cannot be read at all (not transient I/O errors, which flows retry).
+_UNREADABLE = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError)
+
+
+def source_error(src: SourceBase, exc: DataError | OSError) -> DataError:
+    """A source that cannot be read at all (a directory, a missing file, no permission): one line naming it."""
+    if isinstance(exc, DataError):
+        return exc if f"{src.name!r}" in str(exc) else DataError(f"source {src.name!r}: {exc}")
+    where = f": {exc.filename!r}" if exc.filename else ""
+    return DataError(f"source {src.name!r} ({src.uri}): {exc.strerror or exc}{where}")
+
+
 def plan_source(spec: CurationSpec, index: int) -> SourcePlan:
     """Fingerprint one source and cut it into chunks (raises DataError if it cannot be listed)."""
     src = spec.sources[index]
     reader = get_reader(src)
-    chunks = reader.plan(src, spec.chunk_size)
-    return SourcePlan(name=src.name, type=src.type, uri=src.uri, fingerprint=reader.fingerprint(src),
+    try:
+        chunks = reader.plan(src, spec.chunk_size)
+        fingerprint = reader.fingerprint(src)
+    except (DataError, *_UNREADABLE) as exc:
+        raise source_error(src, exc) from exc
+    return SourcePlan(name=src.name, type=src.type, uri=src.uri, fingerprint=fingerprint,
                       chunks=[c.to_dict() for c in chunks])
 
 
@@ -264,6 +280,14 @@ def chunk_paths(plan: CurationPlan, source: str, index: int) -> dict[str, str]:
             "rejects": dio.join(work, f"{base}.rejects.jsonl"), "minhash": dio.join(work, f"{base}.minhash.npy")}
 
 
+def _records(reader: Any, src: SourceBase, chunk: Chunk, flt: Any) -> Iterator[RawRecord | RawReject]:
+    """The chunk's records; a source that cannot be read at all is a :class:`DataError` naming it."""
+    try:
+        yield from reader.read(src, chunk, flt)
+    except (DataError, *_UNREADABLE) as exc:
+        raise source_error(src, exc) from exc
+
+
 def process_chunk(spec: CurationSpec, plan: CurationPlan, source_index: int, chunk: dict[str, Any]) -> dict[str, Any]:
     """Curate one chunk; write its kept samples (tar), metadata and rejects below ``<out>/_work``.
 
@@ -305,7 +329,7 @@ def process_chunk(spec: CurationSpec, plan: CurationPlan, source_index: int, chu
 
     with atomic_write(paths["tar"]) as f:
         tar = TarStreamWriter(f)
-        for item in reader.read(src, ch, flt):
+        for item in _records(reader, src, ch, flt):
             seq = read
             read += 1
             key = make_key(src.name, item.uid)

@@ -176,6 +176,8 @@ def open_read(uri: str) -> Iterator[IO[bytes]]:
         f = fs.open(path, "rb")
     except FileNotFoundError as exc:
         raise DataError(f"source file not found: {uri!r}") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{uri!r} is a directory, not a file") from exc
     with f:
         yield f
 

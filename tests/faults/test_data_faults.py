@@ -124,3 +124,40 @@ def test_utf8_byte_order_marks_are_accepted(tmp_path):
         (root / f"{i}.png").unlink()
     _, samples, _ = run(tmp_path, "image_text", [{"type": "image_folder", "uri": str(root)}], name="beside")
     assert [s["txt"] for s in samples.values()] == ["a caption beside its image"]
+
+
+# ------------------------------------------------------------------------------------------------
+# row 7: a source whose uri is a directory where its container reads files
+
+
+def curate_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``mmada curate ARGS`` in this process: (exit status, stdout, stderr)."""
+    from mmada.cli import main
+
+    rc = main(["curate", *args, "--quiet"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_directory_as_a_jsonl_source_is_named(tmp_path, capsys):
+    folder = tmp_path / "gsm8k_dir"
+    write_jsonl(folder / "train.jsonl", [{"question": "q", "answer": "1 + 1 = 2\n#### 2"}])
+    for container in ("jsonl", "json"):
+        spec = tmp_path / f"{container}.yaml"
+        spec.write_text(json.dumps({"name": "dir", "kind": "reasoning", "sources": [
+            {"name": "mysource", "type": "gsm8k", "uri": str(folder), "container": container}]}))
+        rc, _, err = curate_cli(capsys, str(spec), "--out", str(tmp_path / "out"))
+        line = one_line_error(err)
+        assert rc == 2 and "'mysource'" in line and str(folder) in line and "directory" in line, line
+    spec.write_text(json.dumps({"name": "dir", "kind": "t2i", "sources": [  # read when the chunk is curated
+        {"name": "tars", "type": "wds", "uri": str(folder)}]}))
+    rc, _, err = curate_cli(capsys, str(spec), "--out", str(tmp_path / "out"))
+    line = one_line_error(err)
+    assert rc == 2 and "'tars'" in line and str(folder) in line and "directory" in line, line
+    assert not (tmp_path / "out" / "manifest.json").exists()

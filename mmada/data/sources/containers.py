@@ -51,6 +51,8 @@ def open_decompressed(uri: str) -> Iterator[IO[bytes]]:
         f = of.open()
     except FileNotFoundError as exc:
         raise DataError(f"source file not found: {uri!r}") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{uri!r} is a directory, not a file") from exc
     try:
         yield f
     finally:

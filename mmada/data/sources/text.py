@@ -73,6 +73,10 @@ class TextReader(Reader):
             cont = "arrow" if uri.endswith(".arrow") else _container_of(uri, src.container)  # type: ignore[attr-defined]
             if cont == "hf_disk":
                 raise DataError(f"{uri!r}: a datasets directory must be the source uri itself")
+            if not uri.startswith("pipe:") and _isdir(uri):
+                raise DataError(f"source {src.name!r}: {uri!r} is a directory, but container {cont!r} reads a "
+                                "file; name the files (e.g. a glob: dir/*.jsonl) or use container hf_disk for a "
+                                "`datasets` save_to_disk directory")
             if cont == "jsonl":
                 part = C.plan_jsonl(src.name, [uri], chunk_size)
             elif cont == "parquet":
