@@ -8,8 +8,14 @@ final name, and a rerun that finishes.
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import zlib
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from tests.test_data_readers import run, write_jsonl
 
@@ -161,3 +167,52 @@ def test_a_directory_as_a_jsonl_source_is_named(tmp_path, capsys):
     line = one_line_error(err)
     assert rc == 2 and "'tars'" in line and str(folder) in line and "directory" in line, line
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# row 8: images keep their dynamic range (16-bit scaled to 8 bits, not clipped)
+
+
+def png16(arr: np.ndarray) -> bytes:
+    """A 16-bit PNG written byte by byte (IHDR bit depth 16): gray (H, W), gray+alpha, RGB or RGBA."""
+    a = np.asarray(arr, dtype=">u2")
+    h, w = a.shape[:2]
+    color = 0 if a.ndim == 2 else {2: 4, 3: 2, 4: 6}[a.shape[2]]
+    raw = b"".join(b"\0" + a[y].tobytes() for y in range(h))  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_images_keep_their_dynamic_range(tmp_path):
+    from tests.test_data_readers import decoded
+
+    ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)  # 0 … 65535
+    images = {"gray16.png": png16(ramp), "rgb16.png": png16(np.stack([ramp, 65535 - ramp, ramp // 2], -1)),
+              "graya16.png": png16(np.stack([ramp, np.full_like(ramp, 65535)], -1))}
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="TIFF")  # Pillow's own 16-bit grayscale TIFF (mode I;16)
+    images["gray16.tif"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(ramp.astype(np.int32)).save(buf, format="TIFF")  # 32-bit integer pixels (mode I)
+    images["gray32.tif"] = buf.getvalue()
+    root = tmp_path / "folder"
+    root.mkdir()
+    for name, data in images.items():
+        (root / name).write_bytes(data)
+    write_jsonl(root / "captions.jsonl", [{"file": n, "caption": f"a ramp ({n})"} for n in images])
+    m, samples, q = run(tmp_path, "image_text", [{"type": "image_folder", "uri": str(root), "captions": "captions.jsonl"}],
+                        filters={"exact_dedup": False})
+    assert q == [] and m.counts.kept == len(images)
+    expected = (ramp >> 8).astype(np.uint8)  # 8-bit value of each 16-bit pixel: 0, 1, 2, … 255
+    for s in samples.values():
+        px = decoded(s)
+        name = s["json"].metadata["file"]
+        assert np.array_equal(px[..., 0], expected), (name, px[0, :6, 0], px[8, :6, 0])
+        if name == "rgb16.png":
+            assert np.array_equal(px[..., 1], 255 - expected) and np.array_equal(px[..., 2], expected // 2)
+        else:
+            assert np.array_equal(px[..., 1], expected) and np.array_equal(px[..., 2], expected)
