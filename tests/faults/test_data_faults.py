@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mmada.data.shards import ShardSet
 from tests.test_data_readers import run, write_jsonl
 
 # ------------------------------------------------------------------------------------------------
@@ -216,3 +217,55 @@ def test_16_bit_images_keep_their_dynamic_range(tmp_path):
             assert np.array_equal(px[..., 1], 255 - expected) and np.array_equal(px[..., 2], expected // 2)
         else:
             assert np.array_equal(px[..., 1], expected) and np.array_equal(px[..., 2], expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# also seen: a symlink in an image folder pointing outside it was followed
+
+
+def test_image_folder_symlinks_cannot_leave_the_folder(tmp_path):
+    from tests.test_data_readers import pattern, png_bytes
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png_bytes(pattern(7)))
+    (outside / "secret.txt").write_text("the contents of a private file")
+    (outside / "more").mkdir()
+    (outside / "more" / "x.png").write_bytes(png_bytes(pattern(8)))
+    root = tmp_path / "folder"
+    root.mkdir()
+    (root / "ok.png").write_bytes(png_bytes(pattern(1)))
+    (root / "ok.txt").write_text("a real caption")
+    (root / "alias.png").symlink_to(root / "ok.png")  # a link that stays inside the folder is fine
+    (root / "alias.txt").write_text("the same image under another name")
+    (root / "escape.png").symlink_to(outside / "secret.png")
+    (root / "escape.txt").write_text("points outside")
+    (root / "leak.png").write_bytes(png_bytes(pattern(2)))
+    (root / "leak.txt").symlink_to(outside / "secret.txt")  # the caption file is the link
+    (root / "linked").symlink_to(outside / "more", target_is_directory=True)
+    (root / "linked.txt").write_text("unused")
+    m, samples, q = run(tmp_path, "image_text", [{"type": "image_folder", "uri": str(root)}],
+                        filters={"exact_dedup": False})
+    assert sorted(s["txt"] for s in samples.values()) == ["a real caption", "the same image under another name"]
+    escapes = {x["position"]: x for x in q}
+    assert set(escapes) == {"image escape.png", "image leak.png"}, q  # (a linked folder is not listed)
+    assert all(x["reason"] == "path_escape" and "outside" in x["detail"] for x in q)
+    assert m.counts.read == m.counts.kept + m.counts.rejected
+    # the same with a captions file naming the links
+    write_jsonl(root / "captions.jsonl", [{"file": "ok.png", "caption": "fine"}, {"file": "escape.png", "caption": "x"},
+                                          {"file": "linked/x.png", "caption": "y"}])
+    m, samples, q = run(tmp_path, "image_text", [{"type": "image_folder", "uri": str(root), "captions": "captions.jsonl"}],
+                        name="captioned", filters={"exact_dedup": False})
+    assert [s["txt"] for s in samples.values()] == ["fine"]
+    assert {x["position"]: x["reason"] for x in q if x["reason"] != "missing_caption"} == {
+        "captions.jsonl line 2": "path_escape", "captions.jsonl line 3": "path_escape"}
+    for s in ShardSet.open(str(tmp_path / "out-captioned")).iter_raw():
+        assert b"private" not in b"".join(s[2].values())
+    # LLaVA images below image_root
+    (tmp_path / "llava.json").write_text(json.dumps([
+        {"id": str(i), "image": name, "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
+                                                         {"from": "gpt", "value": f"answer {i}"}]}
+        for i, name in enumerate(["ok.png", "escape.png"])]))
+    _, samples, q = run(tmp_path, "mmu", [{"type": "llava", "uri": str(tmp_path / "llava.json"), "image_root": str(root)}],
+                        name="llava")
+    assert len(samples) == 1 and [(x["position"], x["reason"]) for x in q] == [("item 1", "path_escape")]

@@ -52,7 +52,7 @@ REASONS = {
     "missing_image": "the referenced image file does not exist",
     "missing_caption": "an image without a caption",
     "unknown_label": "a class label outside class_names",
-    "path_escape": "an image path points outside the source folder",
+    "path_escape": "an image path (or a symlink) points outside the source folder",
     "too_few_tokens": "shorter than filters.min_tokens",
     "too_many_tokens": "longer than filters.max_tokens",
     "duplicate": "exact duplicate of an earlier sample",
