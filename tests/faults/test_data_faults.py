@@ -15,10 +15,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mmada.data.shards import ShardSet
 from tests.test_data_readers import run, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -269,3 +272,83 @@ def test_image_folder_symlinks_cannot_leave_the_folder(tmp_path):
     _, samples, q = run(tmp_path, "mmu", [{"type": "llava", "uri": str(tmp_path / "llava.json"), "image_root": str(root)}],
                         name="llava")
     assert len(samples) == 1 and [(x["position"], x["reason"]) for x in q] == [("item 1", "path_escape")]
+
+
+# ------------------------------------------------------------------------------------------------
+# row 6: a shard with flipped bytes under data.verify=size is a ShardError naming the shard
+
+
+def tar_members(raw: bytes) -> list[tuple[str, int, int]]:
+    """(name, header offset, size) of each member of one of our ustar shards."""
+    out, off = [], 0
+    while off + 512 <= len(raw) and raw[off:off + 512] != b"\0" * 512:
+        name = raw[off:off + 100].split(b"\0", 1)[0].decode()
+        size = int(raw[off + 124:off + 136].rstrip(b"\0 "), 8)
+        out.append((name, off, size))
+        off += 512 + size + (-size % 512)
+    return out
+
+
+def test_flipped_shard_bytes_under_size_verification_name_the_shard(tmp_path):
+    from mmada.data.curate import curate
+    from mmada.data.errors import ShardError
+    from mmada.data.loading import ShardDataModule
+    from mmada.data.specs import load_spec
+    from mmada.tokenization import load_text_tokenizer
+    from mmada.training.config import DataSpec
+
+    good = tmp_path / "good"
+    curate(load_spec(str(REPO / "data_specs/arithmetic.yaml"), ["sources.0.n=40", "split.val_fraction=0"]), out=str(good))
+    shard = next(good.glob("*-train-*.tar"))
+    members = tar_members(shard.read_bytes())
+    txt = next(m for m in members if m[0].endswith(".txt"))
+    js = next(m for m in members[3:] if m[0].endswith(".json"))
+    hdr = members[5]
+    tok = load_text_tokenizer("builtin")
+    cases = {  # what is flipped: (byte offset, new byte, the sample key the error should name or None)
+        "txt member (not UTF-8)": (txt[1] + 512 + 10, 0xFF, txt[0].rsplit(".", 1)[0]),
+        "json member (not JSON)": (js[1] + 512 + 1, ord("x"), js[0].rsplit(".", 1)[0]),
+        "tar header": (hdr[1] + 20, ord("Z"), None),
+    }
+    for what, (offset, byte, key) in cases.items():
+        bad = tmp_path / what.split()[0]
+        bad.mkdir()
+        for f in good.iterdir():
+            (bad / f.name).write_bytes(f.read_bytes())
+        raw = bytearray((bad / shard.name).read_bytes())
+        raw[offset] = byte  # same size, different bytes: only a sha256 check would see it
+        (bad / shard.name).write_bytes(bytes(raw))
+        d = DataSpec.model_validate({"verify": "size", "shuffle_buffer": 4,
+                                     "streams": {"lm": {"manifests": [str(bad)], "batch_size": 4, "max_text_len": 32}}})
+        with pytest.raises(ShardError) as e:
+            for _ in ShardDataModule(d, tok, num_vq_tokens=64, batches_per_epoch=20).train_dataset():
+                pass
+        msg = str(e.value)
+        assert shard.name in msg and (key is None or key in msg) and "\n" not in msg, (what, msg)
+        with pytest.raises(ShardError, match=shard.name):  # reading the shard set without verification
+            list(ShardSet.open(str(bad)).iter_samples(verify=False))
+
+
+def test_a_png_member_that_no_longer_decodes_names_its_shard_and_sample():
+    import random
+
+    from mmada.data.errors import ShardError
+    from mmada.data.loading import RowMaker
+    from mmada.data.schema import Sample
+    from mmada.tokenization import SequenceBuilder, load_text_tokenizer
+    from mmada.training.config import DataSpec
+
+    d = DataSpec.model_validate({"verify": "size", "image_tokenizer": "magvitv2",
+                                 "streams": {"t2i": {"manifests": ["unused"], "batch_size": 1}}})
+    rows = RowMaker("t2i", d.streams["t2i"], d, SequenceBuilder(load_text_tokenizer("builtin")), num_vq_tokens=64)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    png[30:40] = b"\xff" * 10  # same size, the image data's bytes changed after curation
+    sample = {"__key__": "t2i-000000007", "__shard__": "/data/x/t2i-train-000000.tar",
+              "json": Sample(key="t2i-000000007", kind="t2i", source="s", position="line 8", caption="a square"),
+              "png": bytes(png)}
+    with pytest.raises(ShardError) as e:
+        rows(sample, random.Random(0))
+    msg = str(e.value)
+    assert "t2i-train-000000.tar" in msg and "t2i-000000007" in msg and "\n" not in msg
