@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmada.data.errors import ShardError
 from mmada.data.shards import ShardSet
 from tests.test_data_readers import run, write_jsonl
 
@@ -291,7 +295,6 @@ def tar_members(raw: bytes) -> list[tuple[str, int, int]]:
 
 def test_flipped_shard_bytes_under_size_verification_name_the_shard(tmp_path):
     from mmada.data.curate import curate
-    from mmada.data.errors import ShardError
     from mmada.data.loading import ShardDataModule
     from mmada.data.specs import load_spec
     from mmada.tokenization import load_text_tokenizer
@@ -332,7 +335,6 @@ def test_flipped_shard_bytes_under_size_verification_name_the_shard(tmp_path):
 def test_a_png_member_that_no_longer_decodes_names_its_shard_and_sample():
     import random
 
-    from mmada.data.errors import ShardError
     from mmada.data.loading import RowMaker
     from mmada.data.schema import Sample
     from mmada.tokenization import SequenceBuilder, load_text_tokenizer
@@ -352,3 +354,152 @@ def test_a_png_member_that_no_longer_decodes_names_its_shard_and_sample():
         rows(sample, random.Random(0))
     msg = str(e.value)
     assert "t2i-train-000000.tar" in msg and "t2i-000000007" in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------------------------------------------
+# row 1: an output directory belongs to one dataset; stale shards never outlive their manifest
+
+
+def arith_args(name: str, n: int, out: Path, *extra: str) -> list[str]:
+    """``mmada curate`` of the built-in arithmetic spec as dataset ``name`` (10 samples a shard)."""
+    return ["curate", str(REPO / "data_specs/arithmetic.yaml"), "--out", str(out), "--quiet",
+            "--set", f"name={name}", "--set", f"sources.0.n={n}", "--set", "shards.max_samples=10",
+            "--set", "split.val_fraction=0", *extra]
+
+
+def tars(out: Path) -> set[str]:
+    return {p.name for p in out.glob("*.tar")}
+
+
+def assert_complete(out: Path, name: str, read: int) -> None:
+    """A manifest of ``name`` whose shards verify, and no tar on disk that it does not list."""
+    ss = ShardSet.open(str(out))
+    ss.verify()
+    m = ss.manifest
+    assert m.name == name and m.counts.read == read == m.counts.kept + m.counts.rejected
+    assert tars(out) == {s.name for s in m.shards}
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial") or p.name == ".curate.lock"]
+
+
+def one_error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_output_directory_holds_one_dataset(tmp_path, capsys):
+    from mmada.cli import main
+
+    out = tmp_path / "arithmetic"
+    assert main(arith_args("arithmetic", 40, out)) == 0
+    assert_complete(out, "arithmetic", 40)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    assert main(arith_args("other", 25, out)) == 2  # another spec's output: refused, nothing touched
+    line = one_error_line(capsys.readouterr().err)
+    assert "'arithmetic'" in line and "'other'" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    assert main(arith_args("other", 25, out, "--overwrite")) == 0  # replaced: none of its tars stay behind
+    assert_complete(out, "other", 25)
+    assert not any(n.startswith("arithmetic-") for n in tars(out))
+
+    assert main(arith_args("other", 12, out)) == 0  # the same dataset, fewer shards: the stale ones go
+    assert_complete(out, "other", 12)
+    assert len(tars(out)) == 2
+
+
+def test_a_rerun_never_leaves_the_old_manifest_beside_new_shards(tmp_path, monkeypatch):
+    """A changed spec rerun that fails half-way leaves no manifest (the old one named shards now rewritten)."""
+    from mmada.data import curate as C
+    from mmada.data.specs import load_spec
+
+    out = tmp_path / "out"
+    spec = load_spec(str(REPO / "data_specs/arithmetic.yaml"), ["sources.0.n=30", "shards.max_samples=10"])
+    C.curate(spec, out=str(out))
+    real = C.build_shard
+    built: list[int] = []
+
+    def build_two(spec, plan, plan_uri, i):
+        if len(built) == 2:
+            raise KeyboardInterrupt  # the run dies here (a crash, a kill)
+        built.append(i)
+        return real(spec, plan, plan_uri, i)
+
+    monkeypatch.setattr(C, "build_shard", build_two)
+    changed = load_spec(str(REPO / "data_specs/arithmetic.yaml"), ["sources.0.n=40", "shards.max_samples=10"])
+    with pytest.raises(KeyboardInterrupt):
+        C.curate(changed, out=str(out))
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(C, "build_shard", real)
+    assert C.curate(changed, out=str(out)).counts.read == 40
+    assert_complete(out, "arithmetic", 40)
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk during a shard write
+
+
+def test_a_full_disk_during_a_shard_write_is_one_line_and_never_looks_complete(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from mmada.cli import main
+    from mmada.data import shards
+
+    out = tmp_path / "arithmetic"
+    assert main(arith_args("arithmetic", 30, out)) == 0  # a complete output, then a rerun with more data
+    real_write = shards._HashingWriter.write
+    room = {"bytes": 25_000}  # the disk fills during the second or third shard
+
+    def write(self, b):
+        room["bytes"] -= len(b)
+        if room["bytes"] < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, b)
+
+    monkeypatch.setattr(shards._HashingWriter, "write", write)
+    capsys.readouterr()
+    assert main(arith_args("arithmetic", 60, out)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and str(out) in line
+    assert not (out / "manifest.json").exists()  # never mistaken for complete
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
+    with pytest.raises(ShardError, match="no manifest"):
+        ShardSet.open(str(out))
+
+    monkeypatch.setattr(shards._HashingWriter, "write", real_write)  # space is back: the rerun completes
+    assert main(arith_args("arithmetic", 60, out)) == 0
+    assert_complete(out, "arithmetic", 60)
+
+
+# ------------------------------------------------------------------------------------------------
+# concurrent `mmada curate` runs
+
+
+def curate_process(name: str, n: int, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "mmada", *arith_args(name, n, out)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_curations_into_distinct_outputs_and_into_the_same_one(tmp_path):
+    from mmada.cli import main
+    from mmada.data.output import output_lock
+
+    busy = tmp_path / "busy"
+    runs = {"a": (curate_process("a", 120, tmp_path / "a"), tmp_path / "a", 120),
+            "b": (curate_process("b", 90, tmp_path / "b"), tmp_path / "b", 90)}
+    with output_lock(str(busy)):  # a curation (this process) is writing `busy`: another is refused
+        refused = curate_process("c", 20, busy)
+        _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2
+    line = one_error_line(err)
+    assert str(busy) in line and f"pid {os.getpid()}" in line and "another run" in line
+    assert not (busy / "manifest.json").exists() and not tars(busy)
+    for name, (proc, out, n) in runs.items():  # both complete, each with its own counts
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        assert_complete(out, name, n)
+    assert main(arith_args("c", 20, busy)) == 0  # the lock went with its holder
+    assert_complete(busy, "c", 20)
