@@ -503,3 +503,70 @@ def test_concurrent_curations_into_distinct_outputs_and_into_the_same_one(tmp_pa
         assert_complete(out, name, n)
     assert main(arith_args("c", 20, busy)) == 0  # the lock went with its holder
     assert_complete(busy, "c", 20)
+
+
+# ------------------------------------------------------------------------------------------------
+# also seen: one 5 MB JSONL line took curation from 0.44 to 1.6 GB
+
+
+def test_counting_tokens_in_pieces_gives_the_whole_texts_count():
+    from mmada.data.tokens import count_tokens, pieces
+    from mmada.tokenization import load_text_tokenizer
+
+    tok = load_text_tokenizer("builtin")
+    rng = np.random.default_rng(0)
+    words = ["Natalia", "sold", "48/2", "=", "<<48/2=24>>24", "clips", "in", "May.\n", "  ", "héllo", "日本", "(x+1)*3", "\t"]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in (1, 50, 3000, 9000)] + ["", "x" * 5000]
+    whole = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert count_tokens(tok, texts, piece_chars=200, batch_chars=1000) == whole
+    assert count_tokens(tok, texts) == whole
+    assert "".join(pieces(texts[3], 200)) == texts[3] and max(map(len, pieces(texts[3], 200))) < 800
+
+
+def test_minhash_signatures_are_the_same_when_fed_in_batches():
+    from datasketch import MinHash
+
+    from mmada.data import dedup
+
+    text = " ".join(f"w{i % 977}" for i in range(20_000))
+    h = dedup.MinHasher(64, 3)
+    whole = MinHash(num_perm=64, permutations=h._perms, scheme=dedup._SCHEME)
+    whole.update_batch(list(h.shingles(text)))
+    assert np.array_equal(h.signature(text), whole.hashvalues.astype(np.uint32))
+
+
+MEMORY_PROBE = """
+import json, random, resource, sys
+from pathlib import Path
+from mmada.data.curate import curate
+from mmada.data.specs import load_spec
+
+tmp = Path(sys.argv[1])
+rows = [json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2*i}>>{2*i}\\n#### {2*i}"})
+        for i in range(50)]
+rng = random.Random(0)
+def words(n):
+    return " ".join(rng.choice(["pens", "cost", "dollars", "she", "buys"]) + str(rng.randrange(1000)) for _ in range(n // 8))
+def run(name, lines):
+    (tmp / f"{name}.jsonl").write_text("\\n".join(lines) + "\\n")
+    spec = load_spec(str(Path(sys.argv[2]) / "data_specs/gsm8k.yaml"),
+                     [f"sources.0.uri={tmp / name}.jsonl", "filters.max_record_bytes=4000000"])
+    m = curate(spec, out=str(tmp / name))
+    return m.counts.model_dump(), m.rejected_by_reason, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+big = json.dumps({"question": words(2_000_000), "answer": "1 + 1 = <<1+1=2>>2\\n#### 2"})
+huge = json.dumps({"question": words(6_000_000), "answer": "1 + 1 = <<1+1=2>>2\\n#### 2"})
+print(json.dumps([run("small", rows), run("big", rows[:25] + [big, huge] + rows[25:])]))
+"""
+
+
+def test_a_multi_megabyte_record_keeps_curation_memory_bounded(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path), str(REPO)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (small, _, peak_small), (big, reasons, peak_big) = json.loads(proc.stdout.splitlines()[-1])
+    assert small == {"read": 50, "kept": 50, "rejected": 0}
+    # the 2 MB line is read and tokenized (too many tokens for gsm8k's max_tokens), the 6 MB one is
+    # over filters.max_record_bytes and never held whole; every record is counted
+    assert big == {"read": 52, "kept": 50, "rejected": 2} and reasons == {"record_too_large": 1, "too_many_tokens": 1}
+    assert peak_big - peak_small < 200, (peak_small, peak_big)  # MiB; 2 MB of text took ~500 MiB more before
