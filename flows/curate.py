@@ -36,6 +36,7 @@ from prefect.futures import PrefectFuture
 from mmada.data import curate as C
 from mmada.data import io as dio
 from mmada.data.errors import MMaDAError, ShardError
+from mmada.data.output import claim_output, disk_errors, output_lock
 from mmada.data.shards import Manifest, ShardInfo, verify_shard
 from mmada.data.specs import CurationSpec
 
@@ -122,7 +123,8 @@ def emit_artifacts(manifest: Manifest, output: str) -> None:
 
 
 @flow(name="curate", log_prints=True, persist_result=False)
-def curate_flow(spec: CurationSpec, out: str | None = None, force: bool = False, keep_work: bool = False) -> dict[str, Any]:
+def curate_flow(spec: CurationSpec, out: str | None = None, force: bool = False, keep_work: bool = False,
+                overwrite: bool = False) -> dict[str, Any]:
     """Curate ``spec`` into WebDataset shards + manifest.json at ``out`` (default: ``spec.output``).
 
     Args:
@@ -130,15 +132,25 @@ def curate_flow(spec: CurationSpec, out: str | None = None, force: bool = False,
         out: output URI overriding ``spec.output``.
         force: rebuild even if a complete output of the same content exists (ignores caches).
         keep_work: keep the ``_work`` intermediates (for debugging).
+        overwrite: replace another dataset's output at ``out`` (refused otherwise).
     """
     log = get_run_logger()
     source_plans = [f.result() for f in [plan_source_task.submit(spec, i) for i in range(len(spec.sources))]]
     plan = C.make_plan(spec, [C.SourcePlan.model_validate(p) for p in source_plans], out)
     log.info("curating %s (spec %s) into %s", spec.name, plan.spec_hash[:12], plan.output)
+    with output_lock(plan.output):  # one curation per output at a time
+        return _curate_locked(spec, plan, force=force, keep_work=keep_work, overwrite=overwrite)
+
+
+def _curate_locked(spec: CurationSpec, plan: C.CurationPlan, *, force: bool, keep_work: bool,
+                   overwrite: bool) -> dict[str, Any]:
+    log = get_run_logger()
     if not force and (done := C.existing_output(spec, plan)) is not None:
         log.info("%s already holds this exact content (manifest verified); nothing to do", plan.output)
         emit_artifacts(done, plan.output)
         return done.model_dump(mode="json")
+    with disk_errors(plan.output):
+        claim_output(spec.name, plan.output, overwrite=overwrite)
 
     storage = result_storage(plan.output)
     progress = create_progress_artifact(progress=0.0, key=artifact_key(spec.name, "progress"),
@@ -215,12 +227,13 @@ def dask_runner(address: str | None = None, n_workers: int = 2):
 
 
 def run_curate(spec: CurationSpec, out: str | None = None, *, force: bool = False, keep_work: bool = False,
-               runner: str = "default", dask_address: str | None = None, n_workers: int = 2) -> Manifest:
+               overwrite: bool = False, runner: str = "default", dask_address: str | None = None,
+               n_workers: int = 2) -> Manifest:
     """Run :func:`curate_flow` on the default runner or on Dask (``runner="dask"``)."""
     fl = curate_flow
     if runner == "dask":
         fl = curate_flow.with_options(task_runner=dask_runner(dask_address, n_workers))
     elif runner != "default":
         raise ValueError(f"runner must be 'default' or 'dask', got {runner!r}")
-    return Manifest.model_validate(fl(spec=spec, out=out, force=force, keep_work=keep_work))
+    return Manifest.model_validate(fl(spec=spec, out=out, force=force, keep_work=keep_work, overwrite=overwrite))
 

@@ -10,12 +10,14 @@ import pytest
 
 from mmada.data.answers import (
     all_boxed,
+    computed_answer,
     final_answer,
     last_boxed,
     lm_eval_exact_match,
     parse_number,
     split_gsm8k,
     strip_calculator_annotations,
+    trace_computes,
 )
 from mmada.errors import MMaDAError
 from mmada.eval import PROTOCOLS, extract_answer, gold_answer, is_equivalent
@@ -166,6 +168,34 @@ FINAL = [
 @pytest.mark.parametrize(("text", "expected"), FINAL)
 def test_final_answer_table(text, expected):
     assert final_answer(text) == expected
+
+
+# (worked solution, gold, what it computes, does it compute the gold?)
+COMPUTED = [
+    ("so she pays 3 * 4 = <<3*4=12>>12 dollars for her 5 pens.", "12", "12", True),
+    ("so she pays 3 * 4 = <<3*4=12>>12 dollars for her 5 pens.", "5", "12", False),
+    ("so she pays 3 * 4 = 12 dollars for her 5 pens.", "12", "12", True),  # annotations stripped
+    ("Natalia sold <<48/2=24>>24 clips in May.", "24", "24", True),  # an annotation without a written '='
+    ("He earns 40 * 30 = $<<40*30=1200>>1,200 in 30 days.", "1,200", "1,200", True),
+    ("7 - 6 = 1. 1 + 1 = 2. 2 - 1 = 1.", "1", "1", True),  # builtin:arithmetic traces
+    ("7 - 6 = 1. 1 + 1 = 2. 2 - 1 = 1.", "2", "1", False),
+    ("Tom has 3+4=<<3+4=7>>7.\nJerry has 7*2=<<7*2=14>>14.\nSo Tom has 7 apples.", "7", "14", True),
+    ("She gave 10-4 = <<10-4=6>>6 away, keeping 4 apples.", "4", "6", False),  # 4 is no computed result
+    ("100/12 = <<100/12=8.33>>8.33, so 8 full boxes.", "8", "8.33", True),
+    ("100/12 = <<100/12=8.33>>8.33, so 8 full boxes.", "7", "8.33", False),
+    ("3 + 4 = 7, so the answer is 12.", "12", "12", True),  # a stated result decides
+    ("3 + 4 = 7, so the answer is 12.", "7", "12", False),
+    ("It is 5 + 2 = 7 in all. \\boxed{7}", "7", "7", True),
+    ("<think>2 + 2 = 4</think> The answer is \\boxed{5}.", "4", "5", False),
+    ("She has 5 apples.", "5", "5", True),  # nothing calculated: the last number
+    ("no numbers", "5", None, False),
+]
+
+
+@pytest.mark.parametrize(("trace", "gold", "computed", "ok"), COMPUTED)
+def test_what_a_worked_solution_computes(trace, gold, computed, ok):
+    assert computed_answer(trace) == computed
+    assert trace_computes(trace, gold) is ok
 
 
 # (response, gold, the evaluation protocol that reads this response format, correct?)

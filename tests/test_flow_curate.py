@@ -198,7 +198,7 @@ def test_flow_parameters_render_as_a_ui_form():
     from flows.curate import curate_flow
 
     schema = parameter_schema(curate_flow.fn).model_dump()
-    assert list(schema["properties"]) == ["spec", "out", "force", "keep_work"]
+    assert list(schema["properties"]) == ["spec", "out", "force", "keep_work", "overwrite"]
     defs = schema["definitions"]
     assert {"CurationSpec", "Gsm8kSource", "LlavaSource", "IdxSource", "BuiltinSource", "FilterSpec"} <= set(defs)
     assert defs["ShardSpec"]["properties"]["max_samples"]["minimum"] == 1

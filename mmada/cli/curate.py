@@ -5,9 +5,12 @@
     mmada curate data_specs/shapes.yaml --prefect            # run as the Prefect flow
     mmada curate data_specs/shapes.yaml --dask               # … on a local Dask cluster
     mmada curate data_specs/shapes.yaml --dask tcp://127.0.0.1:8786   # … on an existing one
+    mmada curate data_specs/shapes.yaml --out runs/data/other --overwrite  # replace another dataset there
 
 Without ``--prefect``/``--dask`` the stages run in this process (no Prefect server needed).
 Spec errors are reported as ``error: invalid spec: <field>: <reason>`` before anything is written.
+An output directory holds one dataset: ``--out`` naming another dataset's output is refused (exit
+status 2) unless ``--overwrite``; a second curation into an output that one is writing is refused too.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ def _curate(args: argparse.Namespace) -> int:
     if args.prefect or args.dask is not None:
         from flows.curate import run_curate
 
-        manifest = run_curate(spec, args.out, force=args.force, keep_work=args.keep_work,
+        manifest = run_curate(spec, args.out, force=args.force, keep_work=args.keep_work, overwrite=args.overwrite,
                               runner="dask" if args.dask is not None else "default", dask_address=args.dask or None)
     else:
         from mmada.data.curate import curate
@@ -32,7 +35,8 @@ def _curate(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"\r{stage}: {done}/{total}", end="\n" if done == total else "", flush=True)
 
-        manifest = curate(spec, out=args.out, force=args.force, keep_work=args.keep_work, progress=progress)
+        manifest = curate(spec, out=args.out, force=args.force, keep_work=args.keep_work, overwrite=args.overwrite,
+                          progress=progress)
     out = args.out or spec.output_uri()
     if args.json:
         print(json.dumps({"output": out, "spec_hash": manifest.spec_hash, "counts": manifest.counts.model_dump(),
@@ -57,6 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the flow on Dask: a local cluster, or the scheduler at ADDRESS")
     p.add_argument("--force", action="store_true", help="rebuild even if the output already holds this content")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace another dataset's output at --out (refused otherwise: a directory holds one dataset)")
     p.add_argument("--keep-work", action="store_true", help="keep intermediate files under <out>/_work")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--quiet", action="store_true", help="no progress output")

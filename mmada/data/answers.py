@@ -1,12 +1,17 @@
 """The one answer verifier: final-answer extraction and equivalence for curation, rewards and evaluation.
 
-Curation (``filters.verify_answer``: a trace is kept only if *its* final answer equals the gold one),
+Curation (``filters.verify_answer``: a trace is kept only if the gold answer is what *it* computes),
 the UniGRPO ``math_correctness`` reward and math evaluation all decide "the answer is correct" here,
-so a trace curation keeps is one the reward would pay for and evaluation would count.
+with the same equivalence (:func:`is_equivalent`).
 
-Free-form text (curated traces, rollouts): :func:`final_answer` — looking after the last ``</think>``
+Free-form text (responses, rollouts): :func:`final_answer` — looking after the last ``</think>``
 when something follows it: the last ``<answer>…</answer>`` (a ``\\boxed{}`` inside wins), else the last
 ``\\boxed{…}``, else the line after the last ``#### ``, else the last number.
+
+Worked solutions (curation): :func:`trace_computes` — the gold answer must be the final result the
+solution states (as above, or "the answer is N"), else the result of its last calculation (GSM8K's
+``48+24 = <<48+24=72>>72``, or the last ``= 72``), not merely its last number: in "she pays
+3 * 4 = <<3*4=12>>12 dollars for her 5 pens" the solution computes 12 (:func:`computed_answer`).
 
 Evaluation reproduces published numbers with *named* protocols (:func:`extract_answer`):
 
@@ -166,6 +171,100 @@ def final_answer(text: str | None) -> str | None:
     if split is not None:
         return split[1].splitlines()[0].strip()  # what follows on later lines is not the answer
     return last_number(t)
+
+
+# A stated result in prose: "the answer is 12", "The final answer is: $1,200".
+_STATED_RE = re.compile(r"\b(?:final\s+)?answer\s+is\s*:?\s*\\?\$?\s*(" + _NUMBER_RE.pattern + r")", re.IGNORECASE)
+# A calculation's result: the number after "=" (a GSM8K calculator annotation between them is read too:
+# "3 * 4 = <<3*4=12>>12"), or an annotation on its own ("sold <<48/2=24>>24 clips").
+_NUM = r"(?P<num>" + _NUMBER_RE.pattern + r")"
+_CALC_STEP_RE = re.compile(r"=\s*\\?\$?\s*(?:<<(?P<ann>[^<>]*)>>\s*\\?\$?\s*)?" + _NUM + r"?"
+                           r"|<<(?P<ann2>[^<>]*)>>\s*\\?\$?\s*" + _NUM.replace("num", "num2") + r"?")
+
+
+def _annotation_result(ann: str | None) -> str | None:
+    """The result of a calculator annotation ``48/2=24`` (the number after its last ``=``)."""
+    if not ann or "=" not in ann:
+        return None
+    m = _NUMBER_RE.fullmatch(ann.rsplit("=", 1)[1].strip())
+    return m.group(0) if m else None
+
+
+def _calculations(text: str) -> list[tuple[str, ...]]:
+    """Every calculation of a worked solution, in order: the results it states (annotation, written)."""
+    out = []
+    for m in _CALC_STEP_RE.finditer(text):
+        found = tuple(x for x in (_annotation_result(m.group("ann") or m.group("ann2")), m.group("num") or m.group("num2"))
+                      if x is not None)
+        if found:
+            out.append(found)
+    return out
+
+
+def _stated_result(text: str) -> str | None:
+    """A final result the text states: ``<answer>``, ``\\boxed{}``, ``#### N`` or "the answer is N"."""
+    tag = _answer_tag(text)
+    if tag is not None:
+        return tag
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    split = split_gsm8k(text)
+    if split is not None:
+        return split[1].splitlines()[0].strip()
+    said = _STATED_RE.findall(text)
+    return said[-1] if said else None
+
+
+def _solution_part(text: str) -> str:
+    _, sep, tail = text.rpartition("</think>")
+    return tail if sep and tail.strip() else text
+
+
+def computed_answer(trace: str | None) -> str | None:
+    """What a worked solution computes: the final result it states (``<answer>``, ``\\boxed{}``,
+    ``#### N``, "the answer is N"), else the result of its last calculation (``<<48+24=72>>72``, ``= 72``),
+    else its last number; None if it has none. (After the last ``</think>`` when something follows it.)"""
+    if not trace:
+        return None
+    t = _solution_part(trace)
+    stated = _stated_result(t)
+    if stated is not None:
+        return stated
+    calcs = _calculations(t)
+    if calcs:
+        return calcs[-1][-1]
+    return last_number(t)
+
+
+def trace_computes(trace: str | None, gold: str | int | float | None) -> bool:
+    """Whether a worked solution computes ``gold`` — the rule ``filters.verify_answer`` keeps traces by.
+
+    A stated final result (see :func:`computed_answer`) must equal ``gold``. Without one, ``gold``
+    must be the result of the last calculation (its annotation or its written result; a non-integer
+    result may be rounded to an integer ``gold``: "100/12 = 8.33, so 8 full boxes"), or the last number
+    of the text when that restates a result computed earlier ("So Tom has 7 apples."). A number that
+    merely follows the result ("pays 3 * 4 = 12 dollars for her 5 pens") is not what the trace computes.
+    """
+    if not trace or gold is None:
+        return False
+    t = _solution_part(trace)
+    stated = _stated_result(t)
+    if stated is not None:
+        return is_equivalent(stated, gold)
+    calcs = _calculations(t)
+    if not calcs:
+        return is_equivalent(last_number(t), gold)
+    if any(is_equivalent(r, gold) for r in calcs[-1]):
+        return True
+    g = parse_number(str(gold))
+    if g is not None and g.denominator == 1:
+        for r in calcs[-1]:
+            x = parse_number(r)
+            if x is not None and x.denominator != 1 and abs(x - g) < 1:
+                return True
+    last = last_number(t)
+    return is_equivalent(last, gold) and any(is_equivalent(last, r) for c in calcs for r in c)
 
 
 def check_protocol(protocol: str) -> None:

@@ -23,6 +23,9 @@ the benchmark) or as Prefect tasks on threads or a Dask cluster (``flows/curate.
 
 Everything is a function of (spec hash, source fingerprints, code version), so reruns give
 byte-identical shards, and a rerun over a complete output returns its manifest without work.
+An output directory holds one dataset and is written by one curation at a time; a run first
+takes its manifest away, so a failure (a crash, a full disk) never leaves a manifest beside shards
+it does not describe (:mod:`mmada.data.output`).
 """
 
 from __future__ import annotations
@@ -42,10 +45,19 @@ from pydantic import BaseModel
 
 import mmada
 from mmada.data import io as dio
-from mmada.data.answers import final_answer, is_equivalent
+from mmada.data.answers import computed_answer, trace_computes
 from mmada.data.dedup import MinHasher, NearDuplicateIndex, exact_key
 from mmada.data.errors import CountMismatchError, DataError, RecordRejected, ShardError
 from mmada.data.images import decode_png_rgb, prepare_image
+from mmada.data.output import (
+    DATACARD_NAME,
+    QUARANTINE_NAME,
+    claim_output,
+    disk_errors,
+    output_lock,
+    remove_stale_shards,
+    writes_output,
+)
 from mmada.data.schema import SCHEMA_VERSION, CodesInfo, ImageInfo, Message, Sample, sample_members
 from mmada.data.shards import (
     MANIFEST_NAME,
@@ -72,8 +84,6 @@ from mmada.files import atomic_write, remove_partials, write_bytes
 from mmada.models.vq import encode_images
 
 WORK_DIR = "_work"
-QUARANTINE_NAME = "quarantine.jsonl"
-DATACARD_NAME = "datacard.md"
 SPLITS = ("train", "val")
 _TOKEN_BATCH = 256
 
@@ -139,12 +149,28 @@ def fingerprint_source(spec: CurationSpec, index: int) -> str:
     return get_reader(src).fingerprint(src)
 
 
+# OSErrors that say a source path cannot be read at all (not transient I/O errors, which flows retry).
+_UNREADABLE = (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError)
+
+
+def source_error(src: SourceBase, exc: DataError | OSError) -> DataError:
+    """A source that cannot be read at all (a directory, a missing file, no permission): one line naming it."""
+    if isinstance(exc, DataError):
+        return exc if f"{src.name!r}" in str(exc) else DataError(f"source {src.name!r}: {exc}")
+    where = f": {exc.filename!r}" if exc.filename else ""
+    return DataError(f"source {src.name!r} ({src.uri}): {exc.strerror or exc}{where}")
+
+
 def plan_source(spec: CurationSpec, index: int) -> SourcePlan:
     """Fingerprint one source and cut it into chunks (raises DataError if it cannot be listed)."""
     src = spec.sources[index]
     reader = get_reader(src)
-    chunks = reader.plan(src, spec.chunk_size)
-    return SourcePlan(name=src.name, type=src.type, uri=src.uri, fingerprint=reader.fingerprint(src),
+    try:
+        chunks = reader.plan(src, spec.chunk_size)
+        fingerprint = reader.fingerprint(src)
+    except (DataError, *_UNREADABLE) as exc:
+        raise source_error(src, exc) from exc
+    return SourcePlan(name=src.name, type=src.type, uri=src.uri, fingerprint=fingerprint,
                       chunks=[c.to_dict() for c in chunks])
 
 
@@ -217,14 +243,14 @@ def build_sample(spec: CurationSpec, src: SourceBase, raw: RawRecord, norm: Norm
                 final = final_text(norm.answer, tmpl)
             else:
                 raise RecordRejected("missing_field", "answer")
-        if flt.verify_answer:
-            trace = norm.response if norm.response is not None else (norm.thinking or "")
-            pred = final_answer(trace)
+        if flt.verify_answer:  # the gold answer must be what the worked solution computes
+            trace = norm.response if norm.response is not None else (norm.solution or norm.thinking or "")
+            pred = computed_answer(trace)
             if pred is None:
                 raise RecordRejected("no_final_answer", "the trace states no final answer")
             if norm.gold is None:
                 raise RecordRejected("missing_field", "gold answer (needed by filters.verify_answer)")
-            if not is_equivalent(pred, norm.gold):
+            if not trace_computes(trace, norm.gold):
                 raise RecordRejected("answer_mismatch", f"trace answer {pred!r} != gold {norm.gold!r}")
         messages = build_messages(history, question, thinking, final, tmpl)
         prompt, response = render(messages, tmpl)
@@ -264,6 +290,15 @@ def chunk_paths(plan: CurationPlan, source: str, index: int) -> dict[str, str]:
             "rejects": dio.join(work, f"{base}.rejects.jsonl"), "minhash": dio.join(work, f"{base}.minhash.npy")}
 
 
+def _records(reader: Any, src: SourceBase, chunk: Chunk, flt: Any) -> Iterator[RawRecord | RawReject]:
+    """The chunk's records; a source that cannot be read at all is a :class:`DataError` naming it."""
+    try:
+        yield from reader.read(src, chunk, flt)
+    except (DataError, *_UNREADABLE) as exc:
+        raise source_error(src, exc) from exc
+
+
+@writes_output
 def process_chunk(spec: CurationSpec, plan: CurationPlan, source_index: int, chunk: dict[str, Any]) -> dict[str, Any]:
     """Curate one chunk; write its kept samples (tar), metadata and rejects below ``<out>/_work``.
 
@@ -305,7 +340,7 @@ def process_chunk(spec: CurationSpec, plan: CurationPlan, source_index: int, chu
 
     with atomic_write(paths["tar"]) as f:
         tar = TarStreamWriter(f)
-        for item in reader.read(src, ch, flt):
+        for item in _records(reader, src, ch, flt):
             seq = read
             read += 1
             key = make_key(src.name, item.uid)
@@ -359,6 +394,7 @@ def _token_stats(values: list[int]) -> TokenStats | None:
                       p50=v[(len(v) - 1) // 2], p95=v[min(len(v) - 1, int(0.95 * (len(v) - 1) + 0.5))])
 
 
+@writes_output
 def plan_shards(spec: CurationSpec, plan: CurationPlan, chunk_results: list[dict[str, Any]]) -> dict[str, Any]:
     """Dedup over all chunks (global order), split, and assign samples to shards.
 
@@ -499,6 +535,7 @@ def _with_codes(spec: CurationSpec, samples: Iterator[tuple[str, dict[str, bytes
         yield from encode()
 
 
+@writes_output
 def build_shard(spec: CurationSpec, plan: CurationPlan, plan_uri: str, shard_index: int) -> dict[str, Any]:
     """Write shard ``shard_index`` of the shard plan to the output; returns its :class:`ShardInfo` dict.
 
@@ -531,6 +568,7 @@ def check_counts(per_source: dict[str, Counts]) -> None:
         raise CountMismatchError("records lost or double counted — " + "; ".join(bad))
 
 
+@writes_output
 def finalize(spec: CurationSpec, plan: CurationPlan, chunk_results: list[dict[str, Any]], shard_plan: dict[str, Any],
              shard_infos: list[dict[str, Any]], *, keep_work: bool = False) -> Manifest:
     """Write quarantine.jsonl, datacard.md and manifest.json (last); check counts and shard sizes."""
@@ -583,6 +621,7 @@ def finalize(spec: CurationSpec, plan: CurationPlan, chunk_results: list[dict[st
         if spec.vq.enabled else None,
     )
     write_bytes(dio.join(plan.output, DATACARD_NAME), datacard(manifest, _examples(plan.output, shards)).encode())
+    remove_stale_shards(plan.output, keep={s.name for s in shards})  # before the manifest: it never sits beside an orphan
     write_bytes(dio.join(plan.output, MANIFEST_NAME), manifest.to_json())
     remove_partials(plan.output)
     if not keep_work:
@@ -661,21 +700,27 @@ def existing_output(spec: CurationSpec, plan: CurationPlan) -> Manifest | None:
 
 
 def curate(spec: CurationSpec, *, out: str | None = None, force: bool = False, keep_work: bool = False,
-           progress: Callable[[str, int, int], None] | None = None) -> Manifest:
-    """Run all stages in this process (the flow runs the same stages as Prefect tasks)."""
+           overwrite: bool = False, progress: Callable[[str, int, int], None] | None = None) -> Manifest:
+    """Run all stages in this process (the flow runs the same stages as Prefect tasks).
+
+    ``overwrite``: replace another dataset's output at ``out`` (refused otherwise, see :mod:`mmada.data.output`).
+    """
     plan = plan_curation(spec, out)
-    if not force and (m := existing_output(spec, plan)) is not None:
-        return m
-    chunks = plan.chunk_ids()
-    results = []
-    for k, (si, c) in enumerate(chunks):
-        results.append(process_chunk(spec, plan, si, c))
-        if progress:
-            progress("chunks", k + 1, len(chunks))
-    sp = plan_shards(spec, plan, results)
-    infos = []
-    for i in range(len(sp["shards"])):
-        infos.append(build_shard(spec, plan, sp["plan"], i))
-        if progress:
-            progress("shards", i + 1, len(sp["shards"]))
-    return finalize(spec, plan, results, sp, infos, keep_work=keep_work)
+    with output_lock(plan.output):
+        if not force and (m := existing_output(spec, plan)) is not None:
+            return m
+        with disk_errors(plan.output):
+            claim_output(spec.name, plan.output, overwrite=overwrite)
+        chunks = plan.chunk_ids()
+        results = []
+        for k, (si, c) in enumerate(chunks):
+            results.append(process_chunk(spec, plan, si, c))
+            if progress:
+                progress("chunks", k + 1, len(chunks))
+        sp = plan_shards(spec, plan, results)
+        infos = []
+        for i in range(len(sp["shards"])):
+            infos.append(build_shard(spec, plan, sp["plan"], i))
+            if progress:
+                progress("shards", i + 1, len(sp["shards"]))
+        return finalize(spec, plan, results, sp, infos, keep_work=keep_work)

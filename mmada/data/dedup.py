@@ -10,13 +10,16 @@ near-duplicate only if its estimated Jaccard similarity reaches the threshold.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterator
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 _WS = re.compile(r"\s+")
 _SCHEME = "affine32"
+SHINGLE_BATCH = 4096
 
 
 def normalize_text(text: str) -> str:
@@ -35,15 +38,21 @@ class MinHasher:
         self.num_perm, self.ngram = num_perm, ngram
         self._perms = MinHash(num_perm=num_perm, seed=seed).permutations
 
-    def shingles(self, text: str) -> list[bytes]:
+    def shingles(self, text: str) -> Iterator[bytes]:
         words = normalize_text(text).split(" ")
         if len(words) <= self.ngram:
-            return [" ".join(words).encode()]
-        return [" ".join(words[i:i + self.ngram]).encode() for i in range(len(words) - self.ngram + 1)]
+            yield " ".join(words).encode()
+            return
+        for i in range(len(words) - self.ngram + 1):
+            yield " ".join(words[i:i + self.ngram]).encode()
 
     def signature(self, text: str) -> np.ndarray:
         m = MinHash(num_perm=self.num_perm, permutations=self._perms, scheme=_SCHEME)
-        m.update_batch(self.shingles(text))
+        # update_batch holds (shingles, num_perm) uint64 arrays: feed it a bounded batch at a time
+        # (the minimum over all shingles is the same), or one 5 MB text takes ~300 MB
+        shingles = self.shingles(text)
+        while batch := list(itertools.islice(shingles, SHINGLE_BATCH)):
+            m.update_batch(batch)
         return m.hashvalues.astype(np.uint32)  # (num_perm,)
 
 

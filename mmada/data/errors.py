@@ -34,3 +34,8 @@ class RecordRejected(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class OutputError(MMaDAError):
+    """The output directory cannot take this curation: it holds another dataset, another curation is
+    writing it, or it is full (no space, quota, read-only)."""

@@ -72,6 +72,33 @@ def to_pil(obj: Any, *, max_pixels: int) -> Image.Image:
     return im
 
 
+_MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit single-channel image to 8 bits (``L``), keeping its dynamic range.
+
+    Pillow's ``convert`` clips such pixels to 0..255 (a 16-bit ramp turns black and white). 16-bit
+    pixels (``I;16*``, and ``I`` images whose values fit 16 bits, as 16-bit files decode) keep their
+    high byte (``>> 8``); other ``I`` and float (``F``) images are scaled proportionally from
+    [min(0, lowest), highest] (floats within [0, 1] from [0, 1]). 16-bit RGB(A) and gray+alpha PNGs
+    come out of Pillow in 8 bits already. Other modes are returned as they are.
+    """
+    if im.mode not in (*_MODES_16, "I", "F"):
+        return im
+    arr = np.asarray(im)
+    if im.mode in _MODES_16:
+        out = arr.astype(np.uint16) >> 8
+    elif im.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 0xFFFF:
+        out = arr.astype(np.int64) >> 8
+    else:
+        x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = (0.0, 1.0) if im.mode == "F" and x.size and x.min() >= 0 and x.max() <= 1 else (
+            float(x.min(initial=0)), float(x.max(initial=0)))
+        out = np.rint((x - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(x)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
 def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
     w, h = im.size
     scale = size / min(w, h)
@@ -94,7 +121,7 @@ def prepare_image(obj: Any, *, min_size: int, max_pixels: int, size: int | None)
     if min(im.size) < min_size:
         raise RecordRejected("image_too_small", f"{im.width}x{im.height} < {min_size} px")
     if im.mode != "RGB":
-        im = im.convert("RGB")
+        im = to_8bit(im).convert("RGB")
     if size is not None:
         im = resize_center_crop(im, size)
     pixels = im.tobytes()

@@ -111,6 +111,22 @@ def join_under(root: str, relative: str, *, what: str) -> str:
     return root.rstrip("/") + "/" + "/".join(parts)
 
 
+def check_no_link_out(root: str, uri: str, *, what: str) -> None:
+    """Raise :class:`ValueError` if local ``uri`` below ``root`` is (or lies under) a symlink leading
+    outside ``root``: a folder of data must not hand out files from elsewhere (``path_escape``).
+
+    Links that stay inside ``root`` are fine; object stores have no links (nothing to check).
+    """
+    fs, path = fs_and_path(uri)
+    if not _is_local_fs(fs):
+        return
+    real_root = os.path.realpath(fs_and_path(root)[1])
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ValueError(f"{what} {uri.removeprefix(root.rstrip('/') + '/')!r} is a link to {real!r}, "
+                         "outside the source folder")
+
+
 def fs_and_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem and path of ``uri`` (a missing protocol package is a clear DataError)."""
     try:
@@ -176,6 +192,8 @@ def open_read(uri: str) -> Iterator[IO[bytes]]:
         f = fs.open(path, "rb")
     except FileNotFoundError as exc:
         raise DataError(f"source file not found: {uri!r}") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{uri!r} is a directory, not a file") from exc
     with f:
         yield f
 

@@ -52,11 +52,12 @@ from mmada.data.shards import (
     ShardInfo,
     check_shard_size,
     decode_sample,
+    in_shard,
     iter_tar_samples,
     read_manifest,
 )
 from mmada.data.streams import DataSpec, StreamSpec
-from mmada.errors import ConfigError
+from mmada.errors import ConfigError, MMaDAError
 from mmada.models.vq.preprocess import image_to_array
 from mmada.tokenization import SequenceBuilder
 
@@ -171,10 +172,13 @@ def read_shards(refs: dict[str, ShardRef], verify: str):
         for item in src:
             ref = refs[item["url"]]
             with _open_shard(ref, verify) as f:
-                for key, members in iter_tar_samples(f):
-                    sample = decode_sample(key, members)
-                    sample["__shard__"] = ref.url
-                    yield sample
+                try:  # verify='size' lets changed bytes through: what does not decode names the shard
+                    for key, members in iter_tar_samples(f):
+                        sample = decode_sample(key, members)
+                        sample["__shard__"] = ref.url
+                        yield sample
+                except ShardError as exc:
+                    raise in_shard(ref.url, exc) from None
 
     return stage
 
@@ -261,8 +265,14 @@ class RowMaker:
                 "set data.image_tokenizer to encode images on the fly, or curate with vq.enabled"
             )
 
-        with Image.open(io.BytesIO(sample["png"])) as im:
-            arr = image_to_array(im, self.data.image_resolution, self.data.image_resize, name=f"sample {key}")
+        try:
+            with Image.open(io.BytesIO(sample["png"])) as im:
+                arr = image_to_array(im, self.data.image_resolution, self.data.image_resize, name=f"sample {key}")
+        except MMaDAError:
+            raise
+        except Exception as exc:  # PIL raises many types for bytes that changed after curation
+            raise ShardError(f"shard {sample.get('__shard__', '?')}: sample {key!r}: member png does not decode "
+                             f"({type(exc).__name__}: {exc})") from None
         return {"pixels": torch.from_numpy(arr)}  # (3, R, R) in [-1, 1]
 
 

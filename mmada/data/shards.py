@@ -306,13 +306,29 @@ def iter_tar_samples(f: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def decode_sample(key: str, members: dict[str, bytes]) -> dict[str, Any]:
-    out: dict[str, Any] = {"__key__": key, "json": Sample.model_validate_json(members["json"]),
-                           "txt": members.get("txt", b"").decode("utf-8")}
-    if "png" in members:
-        out["png"] = members["png"]
-    if "codes.npy" in members:
-        out["codes"] = npy_to_codes(members["codes.npy"])
+    """``{"__key__", "json": Sample, "txt": str, "png"?, "codes"?}``; :class:`ShardError` naming the
+    sample and member when a member does not decode (a shard whose bytes changed)."""
+    member = "json"
+    try:
+        if "json" not in members:
+            raise ValueError("the member is missing")
+        out: dict[str, Any] = {"__key__": key, "json": Sample.model_validate_json(members["json"])}
+        member = "txt"
+        out["txt"] = members.get("txt", b"").decode("utf-8")
+        if "png" in members:
+            out["png"] = members["png"]
+        if "codes.npy" in members:
+            member = "codes.npy"
+            out["codes"] = npy_to_codes(members["codes.npy"])
+    except (ValueError, ValidationError) as exc:  # UnicodeDecodeError is a ValueError
+        detail = exc.errors()[0].get("msg") if isinstance(exc, ValidationError) else str(exc)
+        raise ShardError(f"sample {key!r}: member {member} does not decode ({type(exc).__name__}: {detail})") from None
     return out
+
+
+def in_shard(name: str, exc: ShardError) -> ShardError:
+    """``exc`` with the shard's name in front (unless it names it already)."""
+    return exc if name in str(exc) else ShardError(f"shard {name}: {exc}")
 
 
 def check_shard_size(root: str, shard: ShardInfo) -> None:
@@ -401,15 +417,21 @@ class ShardSet:
                 f = fs.open(path, "rb")
             with f:
                 n = 0
-                for key, members in iter_tar_samples(f):
-                    n += 1
-                    yield s.name, key, members
+                try:
+                    for key, members in iter_tar_samples(f):
+                        n += 1
+                        yield s.name, key, members
+                except ShardError as exc:
+                    raise in_shard(s.name, exc) from None
             if verify and n != s.count:
                 raise ShardError(f"shard {s.name} holds {n} samples, manifest says {s.count}")
 
     def iter_samples(self, split: str | None = None, *, verify: bool = True) -> Iterator[dict[str, Any]]:
         """Decoded samples: ``{"__key__", "__shard__", "json": Sample, "txt": str, "png"?, "codes"?}``."""
         for shard, key, members in self.iter_raw(split, verify=verify):
-            d = decode_sample(key, members)
+            try:
+                d = decode_sample(key, members)
+            except ShardError as exc:
+                raise in_shard(shard, exc) from None
             d["__shard__"] = shard
             yield d

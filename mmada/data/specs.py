@@ -229,7 +229,7 @@ class FilterSpec(Strict):
 
     min_tokens: int | None = Field(None, ge=0, description="Drop samples whose rendered text is shorter")
     max_tokens: int | None = Field(None, ge=1, description="Drop samples whose rendered text is longer")
-    verify_answer: bool = Field(False, description="Math: the trace's final answer must equal the gold answer")
+    verify_answer: bool = Field(False, description="Math: the gold answer must be what the trace computes (stated result or last calculation)")
     exact_dedup: bool = Field(True, description="Drop exact duplicates (normalised text + image), keep first")
     near_dedup: bool = Field(False, description="Drop near-duplicates by MinHash-LSH (reasoning text only)")
     near_dedup_threshold: float = Field(0.85, gt=0.0, le=1.0, description="Jaccard similarity threshold")

@@ -39,7 +39,7 @@ REASONS = {
     "empty_field": "a required text field is empty",
     "bad_conversation": "messages are not a user/assistant conversation ending with the assistant",
     "no_final_answer": "no final answer found (GSM8K '#### N', MATH \\boxed{})",
-    "answer_mismatch": "the trace's final answer differs from the gold answer",
+    "answer_mismatch": "the gold answer is not what the trace computes (its stated result or last calculation)",
     "record_too_large": "the raw record exceeds filters.max_record_bytes",
     "empty_file": "the file holds no records",
     "unreadable_file": "the file cannot be opened as its format",
@@ -52,7 +52,7 @@ REASONS = {
     "missing_image": "the referenced image file does not exist",
     "missing_caption": "an image without a caption",
     "unknown_label": "a class label outside class_names",
-    "path_escape": "an image path points outside the source folder",
+    "path_escape": "an image path (or a symlink) points outside the source folder",
     "too_few_tokens": "shorter than filters.min_tokens",
     "too_many_tokens": "longer than filters.max_tokens",
     "duplicate": "exact duplicate of an earlier sample",
@@ -114,6 +114,7 @@ class Normalized:
     answer: str | None = None  # short final answer (e.g. "72") when the format has one
     response: str | None = None  # the final response text after </think>; None: built from `answer`
     gold: str | None = None  # gold answer for verification
+    solution: str | None = None  # the worked solution as written (GSM8K: with <<calc>> notes), for verification
     messages: list[Message] | None = None  # conversations (chat, llava)
     caption: str | None = None
     image: Any = None  # bytes | PIL.Image | numpy array | {"bytes": …} (HF image struct)

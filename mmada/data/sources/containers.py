@@ -28,6 +28,7 @@ from mmada.data.sources.base import Chunk, RawRecord, RawReject, excerpt_of
 
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 _BLOCK = 1 << 22
+BOM = codecs.BOM_UTF8  # a UTF-8 byte-order mark some editors write first: accepted, not part of the data
 
 
 def basename(uri: str | None) -> str:
@@ -50,6 +51,8 @@ def open_decompressed(uri: str) -> Iterator[IO[bytes]]:
         f = of.open()
     except FileNotFoundError as exc:
         raise DataError(f"source file not found: {uri!r}") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{uri!r} is a directory, not a file") from exc
     try:
         yield f
     finally:
@@ -154,6 +157,8 @@ def read_jsonl(chunk: Chunk, max_bytes: int) -> Iterator[RawRecord | RawReject]:
                 yield RawReject(uid, where, uri, "record_too_large", f"{nbytes} bytes > {max_bytes}", excerpt_of(head))
                 continue
             content = line.rstrip(b"\r\n")
+            if pos == nbytes:  # the file's first line
+                content = content.removeprefix(BOM)
             if not content.strip():
                 continue  # blank lines hold no record
             seen_any = True
@@ -187,7 +192,7 @@ def read_json_array(chunk: Chunk, max_bytes: int) -> Iterator[RawRecord | RawRej
     assert uri is not None
     name = basename(uri)
     dec = json.JSONDecoder()
-    utf8 = codecs.getincrementaldecoder("utf-8")()
+    utf8 = codecs.getincrementaldecoder("utf-8-sig")()  # drops a leading byte-order mark
     buf, i, eof, item = "", 0, False, 0
     with open_decompressed(uri) as f:
 

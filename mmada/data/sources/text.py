@@ -53,7 +53,7 @@ def _container_of(uri: str, declared: str) -> str:
         return "arrow"
     if low.endswith(".json"):
         with C.open_decompressed(uri) as f:  # JSON arrays start with '[', JSON Lines with '{'
-            head = f.read(4096).lstrip()
+            head = f.read(4096).removeprefix(C.BOM).lstrip()
         return "json" if head.startswith(b"[") else "jsonl"
     return "jsonl"
 
@@ -73,6 +73,10 @@ class TextReader(Reader):
             cont = "arrow" if uri.endswith(".arrow") else _container_of(uri, src.container)  # type: ignore[attr-defined]
             if cont == "hf_disk":
                 raise DataError(f"{uri!r}: a datasets directory must be the source uri itself")
+            if not uri.startswith("pipe:") and _isdir(uri):
+                raise DataError(f"source {src.name!r}: {uri!r} is a directory, but container {cont!r} reads a "
+                                "file; name the files (e.g. a glob: dir/*.jsonl) or use container hf_disk for a "
+                                "`datasets` save_to_disk directory")
             if cont == "jsonl":
                 part = C.plan_jsonl(src.name, [uri], chunk_size)
             elif cont == "parquet":
@@ -124,7 +128,7 @@ class Gsm8kReader(TextReader):
         gold = gold.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+", gold) else gold
         thinking = strip_calculator_annotations(trace) if spec.template.strip_calculator_annotations else trace
         return Normalized(source_id=_id(src, d), question=q.strip(), thinking=nonempty(thinking.strip(), "answer trace"),
-                          answer=gold, gold=gold, metadata={"gold_answer": gold})
+                          answer=gold, gold=gold, solution=trace, metadata={"gold_answer": gold})
 
 
 @register

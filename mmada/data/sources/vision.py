@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 
 from mmada.data.errors import DataError, RecordRejected
-from mmada.data.io import expand, fs_and_path, join_under, read_bytes
+from mmada.data.io import check_no_link_out, expand, fs_and_path, join_under, read_bytes
 from mmada.data.sources import containers as C
 from mmada.data.sources.base import (
     Chunk,
@@ -35,7 +35,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 def _decode_caption(raw: bytes, what: str) -> str:
     try:
-        return raw.decode("utf-8").strip()
+        return raw.decode("utf-8-sig").strip()  # utf-8, a leading byte-order mark dropped
     except UnicodeDecodeError as exc:
         raise RecordRejected("not_utf8", f"{what}: {exc}") from None
 
@@ -120,7 +120,7 @@ def _folder_units(src: SourceBase) -> list[dict]:
     cap_uri = captions if "://" in captions else root + "/" + captions
     name = C.basename(cap_uri)
     try:
-        raw = read_bytes(cap_uri)
+        raw = read_bytes(cap_uri).removeprefix(C.BOM)
     except DataError as exc:
         raise DataError(f"captions file {cap_uri!r} not found") from exc
     seen: set[str] = set()
@@ -201,6 +201,7 @@ class ImageFolderReader(Reader):
                     rel, caption = u["file"], None
                 try:
                     img_uri = join_under(root, rel, what="image path")
+                    check_no_link_out(root, img_uri, what="image")
                 except ValueError as exc:
                     raise RecordRejected("path_escape", str(exc)) from None
                 fs, p = fs_and_path(img_uri)
@@ -213,6 +214,10 @@ class ImageFolderReader(Reader):
                     cfs, cp = fs_and_path(cap_uri)
                     if not cfs.exists(cp):
                         raise RecordRejected("missing_caption", f"no {C.basename(cap_uri)} beside {rel}")
+                    try:
+                        check_no_link_out(root, cap_uri, what="caption file")
+                    except ValueError as exc:
+                        raise RecordRejected("path_escape", str(exc)) from None
                     caption = _decode_caption(read_bytes(cap_uri), C.basename(cap_uri))
                 image = read_bytes(img_uri)
             except RecordRejected as rej:
@@ -258,6 +263,7 @@ class LlavaReader(Reader):
             m.content = m.content.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
         try:
             img_uri = join_under(src.image_root, rel, what="image path")  # type: ignore[attr-defined]
+            check_no_link_out(src.image_root, img_uri, what="image")  # type: ignore[attr-defined]
         except ValueError as exc:
             raise RecordRejected("path_escape", str(exc)) from None
         fs, p = fs_and_path(img_uri)
