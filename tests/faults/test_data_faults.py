@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mmada.data.errors import ShardError
 from mmada.data.shards import ShardSet
-from tests.test_data_readers import run, write_jsonl
+from tests.test_data_readers import pattern, png_bytes, run, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -503,6 +505,87 @@ def test_concurrent_curations_into_distinct_outputs_and_into_the_same_one(tmp_pa
         assert_complete(out, name, n)
     assert main(arith_args("c", 20, busy)) == 0  # the lock went with its holder
     assert_complete(busy, "c", 20)
+
+
+# ------------------------------------------------------------------------------------------------
+# property: random malformed JSONL lines and image bytes never crash curation; read = kept + rejected
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30))
+_VALUES = st.recursive(_SCALARS, lambda v: st.one_of(st.lists(v, max_size=3), st.dictionaries(st.text(max_size=8), v, max_size=3)),
+                       max_leaves=6)
+_GOOD = st.builds(lambda a, b: json.dumps({"question": f"What is {a} + {b}?",
+                                           "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"}).encode(),
+                  st.integers(0, 99), st.integers(0, 99))
+JSONL_LINES = st.lists(st.one_of(
+    _GOOD,
+    st.binary(max_size=80),  # anything, newlines and invalid UTF-8 included
+    st.text(max_size=80).map(str.encode),
+    st.dictionaries(st.sampled_from(["question", "answer", "id", "x"]), _VALUES, max_size=4).map(
+        lambda d: json.dumps(d).encode()),
+    _GOOD.map(lambda line: line[: len(line) // 2]),  # truncated
+), min_size=1, max_size=12)
+_PNG = png_bytes(pattern(0))
+
+
+@st.composite
+def image_bytes(draw) -> bytes:
+    kind = draw(st.sampled_from(["random", "truncated", "flipped", "good"]))
+    if kind == "random":
+        return draw(st.binary(max_size=200))
+    if kind == "truncated":
+        return _PNG[: draw(st.integers(0, len(_PNG) - 1))]
+    if kind == "flipped":
+        data = bytearray(_PNG)
+        for i in draw(st.lists(st.integers(0, len(_PNG) - 1), min_size=1, max_size=4)):
+            data[i] ^= draw(st.integers(1, 255))
+        return bytes(data)
+    return _PNG
+
+
+def records_in(data: bytes) -> int:
+    """Non-blank lines: the records a JSONL reader must account for (a BOM opens the first line);
+    a file without any counts as one record, rejected as ``empty_file``."""
+    lines = data.split(b"\n")
+    lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")
+    return max(1, sum(1 for line in lines if line.strip()))
+
+
+def assert_conserved(out: Path, read: int) -> None:
+    from mmada.data.sources import REASONS
+
+    m = ShardSet.open(str(out)).manifest
+    q = quarantine_of(out)
+    assert m.counts.read == read == m.counts.kept + m.counts.rejected
+    assert len(q) == m.counts.rejected and all(x["reason"] in REASONS and x["position"] for x in q)
+    assert sum(1 for _ in ShardSet.open(str(out)).iter_samples()) == m.counts.kept
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=JSONL_LINES, images=st.lists(st.tuples(image_bytes(), st.binary(max_size=20)), min_size=1, max_size=5))
+def test_random_malformed_records_never_crash_curation_and_are_all_counted(lines, images):
+    import tempfile
+
+    from mmada.data.curate import curate
+    from mmada.data.specs import load_spec
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        data = b"\n".join(lines) + b"\n"
+        (tmp / "g.jsonl").write_bytes(data)
+        spec = load_spec({"name": "prop", "kind": "reasoning", "sources": [{"type": "gsm8k", "uri": str(tmp / "g.jsonl")}],
+                          "filters": {"verify_answer": True}, "split": {"val_fraction": 0.0}})
+        curate(spec, out=str(tmp / "text"))
+        assert_conserved(tmp / "text", records_in(data))
+
+        folder = tmp / "images"
+        folder.mkdir()
+        for i, (img, caption) in enumerate(images):
+            (folder / f"{i:03d}.png").write_bytes(img)
+            (folder / f"{i:03d}.txt").write_bytes(caption)
+        spec = load_spec({"name": "propimg", "kind": "image_text", "split": {"val_fraction": 0.0},
+                          "sources": [{"type": "image_folder", "uri": str(folder)}]})
+        curate(spec, out=str(tmp / "img"))
+        assert_conserved(tmp / "img", len(images))
 
 
 # ------------------------------------------------------------------------------------------------
