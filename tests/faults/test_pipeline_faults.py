@@ -96,11 +96,15 @@ def kill_tree_at(clone: Path, where: str, argv: str, log: Path, timeout: float =
     deadline = time.monotonic() + timeout
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    tree = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     proc.wait(timeout=60)
+    # DVC's rwlock names the killed `dvc repro`: the next repro starts only once that pid is gone (reaped)
+    deadline = time.monotonic() + 60
+    while any(p.is_running() for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert marker.exists(), f"never reached {where} in {argv!r}:\n{log.read_text()[-4000:]}"
     assert proc.returncode == -9
 
