@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from mmada.errors import ConfigError
 from mmada.files import atomic_dir
+from mmada.tracking import playground_url
 from mmada.tracking.client import Tracker
 
 EXPORT_ARTIFACT_PATH = "hf"
@@ -56,6 +57,8 @@ def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alia
                       tags={k: str(v) for k, v in (tags or {}).items()})
     if mv is None:
         return None
+    tracker.call("describe the version", client.update_model_version, name, mv.version,
+                 description=f"Try it in the playground: {playground_url(f'models:/{name}/{mv.version}')}")
     if alias:
         tracker.call(f"set alias {alias!r}", client.set_registered_model_alias, name, alias, mv.version)
     tracker.set_tags({"registered_model": f"{name}/{mv.version}"})
