@@ -91,7 +91,7 @@ def build_app(pg: Playground, *, initial: str | None = None, links: dict[str, st
                         think = gr.Checkbox(label="<think> mode (reason first, then answer)", elem_id="think")
                         send = gr.Button("Send", variant="primary", elem_id="send")
                         clear = gr.Button("Clear", elem_id="clear")
-                    denoise = gr.HighlightedText(label="denoising (this step's tokens in colour, masks ░)",
+                    denoise = gr.HighlightedText(label="denoising (this step's tokens in colour; grey: still masked)",
                                                  color_map=COLORS, show_legend=True, elem_id="denoise")
                     text_stats = gr.Markdown(elem_id="text-stats")
                     text_status = gr.Markdown(elem_id="text-status")
