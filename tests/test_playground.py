@@ -134,6 +134,7 @@ def page(browser, served):
 def shot(p, name: str, **kw) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
+    p.evaluate("window.scrollTo(0, 0)")
     p.screenshot(path=str(path), **kw)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("MMADA_SCREENSHOTS"):
@@ -146,6 +147,10 @@ def set_number(p, elem: str, value) -> None:
     box = p.locator(f"#{elem} input").first
     box.fill(str(value))
     box.press("Tab")
+
+
+def open_tab(p, name: str) -> None:
+    p.get_by_role("tab", name=name).click()
 
 
 def pick_version(p, label: str) -> None:
@@ -226,7 +231,7 @@ def test_a_bad_setting_gets_the_cli_message(page):
 
 
 def test_text_to_image_shows_the_maskgit_strip_and_the_verdict(page):
-    page.click("#tab-t2i-button, button:has-text('Text-to-image')")
+    open_tab(page, "Text-to-image")
     page.fill("#t2i-caption textarea", "a red circle")
     set_number(page, "t2i-steps", 4)
     page.click("#t2i-generate")
@@ -246,9 +251,9 @@ def test_understanding_answers_about_an_uploaded_image(page, tmp_path):
 
     img = tmp_path / "scene.png"
     generate_shapes(1, seed=5)[0]["image"].save(img)
-    page.click("button:has-text('Understanding')")
     for name, v in {"steps": 8, "gen_length": 8, "block_length": 4}.items():
         set_number(page, f"text-{name}", v)
+    open_tab(page, "Understanding")
     page.locator("#mmu-image input[type=file]").set_input_files(str(img))
     page.wait_for_selector("#mmu-image img")
     page.fill("#mmu-question textarea", "What shape is red?")
@@ -263,9 +268,9 @@ def test_understanding_answers_about_an_uploaded_image(page, tmp_path):
 
 
 def test_side_by_side_runs_the_same_prompt_on_two_versions(page):
-    page.click("button:has-text('Compare')")
     for name, v in {"steps": 8, "gen_length": 8, "block_length": 4}.items():
         set_number(page, f"text-{name}", v)
+    open_tab(page, "Compare")
     page.locator("#version-b input").click()
     page.get_by_role("option", name="mmada-tiny v1 @sft [sft]").click()
     page.fill("#cmp-prompt textarea", "What is 2+3?")
@@ -278,6 +283,7 @@ def test_side_by_side_runs_the_same_prompt_on_two_versions(page):
 def test_a_missing_version_is_a_clear_message(browser, served):
     p = browser.new_page()
     p.goto(f"{served['playground']}/?model=models:/mmada-tiny/99")
+    p.wait_for_selector("#version-info")
     p.wait_for_function("document.querySelector('#version-info').innerText.includes('error')")
     assert "has no version 99 of 'mmada-tiny'" in p.inner_text("#version-info")
     p.close()
