@@ -10,6 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export DVC_NO_ANALYTICS ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
+export GRADIO_ANALYTICS_ENABLED ?= False
 
 .PHONY: demo ui test lint env clean
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/mmada pipeline
 
-# Prefect server + served deployments + MLflow UI on 127.0.0.1 (Ctrl-C stops all three).
+# Prefect server + served deployments, MLflow UI and the playground on 127.0.0.1 (Ctrl-C stops them all).
 ui: $(STAMP)
 	$(BIN)/mmada serve
 

@@ -1,19 +1,21 @@
-"""``mmada serve`` (= ``mmada ui`` = ``make ui``): the Prefect UI with runnable deployments, and the MLflow UI.
+"""``mmada serve`` (= ``mmada ui`` = ``make ui``): the Prefect UI with runnable deployments, the MLflow UI, the playground.
 
-Starts three processes, all bound to 127.0.0.1 and configured for an offline machine (no
+Starts four processes, all bound to 127.0.0.1 and configured for an offline machine (no
 analytics / telemetry; see :mod:`mmada.pipeline.env`):
 
 1. ``prefect server start`` (UI + API, SQLite under ``runs/prefect``),
 2. ``mlflow server`` on the project's store (``runs/mlflow.db``, artifacts in ``runs/mlartifacts``),
-3. ``python -m flows.serve``: every pipeline deployment, so each flow starts from the UI's Run button.
+3. ``mmada playground`` (Gradio; skipped when the ``playground`` extra is not installed),
+4. ``python -m flows.serve``: every pipeline deployment, so each flow starts from the UI's Run button.
 
-It prints the URLs once everything answers; Ctrl-C (or SIGTERM) stops all three. If one of them
+It prints the URLs once everything answers; Ctrl-C (or SIGTERM) stops them all. If one of them
 dies, the others are stopped and the exit status is non-zero. Logs: ``runs/prefect/*.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ from pathlib import Path
 from flows.serve import deployment_names
 from mmada.errors import MMaDAError
 from mmada.pipeline.env import child_env
+from mmada.pipeline.tracking import TRAINING_VIEW
 
 HOST = "127.0.0.1"
 
@@ -37,8 +40,10 @@ HOST = "127.0.0.1"
 class ServeOptions:
     prefect_port: int = 4200
     mlflow_port: int = 5000
+    playground_port: int = 7860
     home: str = "runs/prefect"
     mlflow: bool = True
+    playground: bool = True
     deployments: bool = True
     startup_timeout: float = 180.0
     params: str = "params.yaml"
@@ -145,6 +150,9 @@ def serve(opts: ServeOptions, *, on_ready=None) -> int:
     ports = [("Prefect", opts.prefect_port, "--prefect-port")]
     if opts.mlflow:
         ports.append(("MLflow", opts.mlflow_port, "--mlflow-port"))
+    playground = opts.playground and importlib.util.find_spec("gradio") is not None
+    if playground:
+        ports.append(("playground", opts.playground_port, "--playground-port"))
     for _what, port, flag in ports:
         if not port_free(port):
             raise MMaDAError(f"port {port} on {HOST} is in use (another `mmada serve`?): stop that process or pick "
@@ -154,10 +162,11 @@ def serve(opts: ServeOptions, *, on_ready=None) -> int:
     api = f"http://{HOST}:{opts.prefect_port}/api"
     ui = f"http://{HOST}:{opts.prefect_port}"
     mlflow_ui = f"http://{HOST}:{opts.mlflow_port}"
+    playground_ui = f"http://{HOST}:{opts.playground_port}"
     tracking = default_tracking_uri()
     env = child_env({"PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_API_PORT": str(opts.prefect_port),
                      "PREFECT_SERVER_API_HOST": HOST, "PREFECT_UI_URL": ui, "MLFLOW_TRACKING_URI": tracking,
-                     "MMADA_MLFLOW_UI": mlflow_ui})
+                     "MMADA_MLFLOW_UI": mlflow_ui, "MMADA_PLAYGROUND_UI": playground_ui})
     procs: list[_Proc] = []
     stopping = {"signal": None}
 
@@ -179,9 +188,18 @@ def serve(opts: ServeOptions, *, on_ready=None) -> int:
                 argv += ["--artifacts-destination", artifacts]
             print(f"starting the MLflow UI on {mlflow_ui} (store {tracking}) …", flush=True)
             procs.append(_start("mlflow server", argv, env, home / "mlflow.log"))
+        if playground:
+            print(f"starting the playground on {playground_ui} …", flush=True)
+            pg = _start("playground", [sys.executable, "-m", "mmada", "playground", "--port",
+                                       str(opts.playground_port)], env, home / "playground.log")
+            procs.append(pg)
+        elif opts.playground:
+            print("the playground is not installed (pip install -e '.[playground]'): not started", flush=True)
         _wait(server, lambda: _get(f"{api}/health") is not None, opts.startup_timeout)
         if opts.mlflow:
             _wait(procs[1], lambda: _get(f"{mlflow_ui}/health") is not None, opts.startup_timeout)
+        if playground:
+            _wait(pg, lambda: _get(f"{playground_ui}/") is not None, opts.startup_timeout)
         names: list[str] = []
         if opts.deployments:
             names = deployment_names(str(root / opts.params))
@@ -199,10 +217,12 @@ def serve(opts: ServeOptions, *, on_ready=None) -> int:
         lines = ["", "mmada serve: ready (Ctrl-C stops everything)",
                  f"  Prefect UI   {ui}   (Deployments -> a flow -> Run -> Custom run)"]
         if opts.mlflow:
-            lines.append(f"  MLflow UI    {mlflow_ui}   (Experiments / Models -> mmada-tiny)")
+            lines.append(f"  MLflow UI    {mlflow_ui}/#/experiments?{TRAINING_VIEW}   (Experiments / Models -> mmada-tiny)")
+        if playground:
+            lines.append(f"  playground   {playground_ui}   (pick a version; Text / Understanding / Text-to-image)")
         if names:
             lines.append("  deployments  " + ", ".join(names))
-        lines.append(f"  logs         {home}/{{server,mlflow,serve}}.log")
+        lines.append(f"  logs         {home}/{{server,mlflow,playground,serve}}.log")
         print("\n".join(lines), flush=True)
         if on_ready is not None:
             on_ready()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mmada.diffusion.sampling import generate_image, generate_text
+from mmada.diffusion.sampling import StepCallback, generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.models import MMaDAModelLM
@@ -65,12 +65,13 @@ def load_checkpoint(
     return LoadedModel(model, tok, SequenceBuilder(tok, special))
 
 
-def generate_answers(lm: LoadedModel, prompts: list[str], settings: SamplerSettings | None = None, *,
-                     think: bool = False, chat: bool = True) -> list[str]:
+def generate_answers(lm: LoadedModel, prompts: list, settings: SamplerSettings | None = None, *,
+                     think: bool = False, chat: bool = True, on_step: StepCallback | None = None) -> list[str]:
     """Chat-formatted (or raw, ``chat=False``) prompts → decoded answers, batched with left padding.
 
     ``settings`` (default: the plain sampler) is used as given; its ``seed`` seeds the sampling and
-    ``stop_at_eos`` stops at the tokenizer's ``<eos>``.
+    ``stop_at_eos`` stops at the tokenizer's ``<eos>``. A chat prompt may be a list of messages
+    (``{"role", "content"}``, a conversation). ``on_step``: the sampler's per-step callback.
     """
     settings = settings or SamplerSettings()
     if chat:
@@ -80,7 +81,7 @@ def generate_answers(lm: LoadedModel, prompts: list[str], settings: SamplerSetti
         ids, attn = left_pad([[lm.builder.special.bos, *lm.builder.encode(p)] for p in prompts], lm.builder.special.eos)
     out = generate_text(
         lm.model, ids.to(lm.device), settings, attention_mask=attn.to(lm.device), mask_id=lm.builder.special.mask,
-        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device),
+        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device), on_step=on_step,
     )
     return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
@@ -102,8 +103,9 @@ def check_max_text_len(max_text_len: int, *, num_image_tokens: int, max_sequence
 
 
 def generate_image_codes(lm: LoadedModel, captions: list[str], settings: ImageSamplerSettings | None = None, *,
-                         max_text_len: int = 32) -> torch.Tensor:
-    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding (``settings``: default the plain loop)."""
+                         max_text_len: int = 32, on_step: StepCallback | None = None) -> torch.Tensor:
+    """Captions → image codes (B, num_vq_tokens) with MaskGIT decoding (``settings``: default the plain loop;
+    ``on_step``: the sampler's per-step callback)."""
     settings = settings or ImageSamplerSettings()
     cfg = lm.model.config
     check_max_text_len(max_text_len, num_image_tokens=cfg.num_vq_tokens, max_sequence_length=cfg.max_sequence_length)
@@ -114,5 +116,5 @@ def generate_image_codes(lm: LoadedModel, captions: list[str], settings: ImageSa
         lm.model, cond.input_ids, settings, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
         uncond_attention_mask=uncond.attention_mask, codebook_size=cfg.codebook_size,
         image_offset=lm.builder.special.image_offset, num_image_tokens=cfg.num_vq_tokens,
-        mask_id=lm.builder.special.mask, generator=settings.generator(lm.device),
+        mask_id=lm.builder.special.mask, generator=settings.generator(lm.device), on_step=on_step,
     )

@@ -35,12 +35,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tiny_project, fake_slurm):
     clone, _ = tiny_project
-    pp, mp = free_port(), free_port()
+    pp, mp, gp = free_port(), free_port(), free_port()
     env = env_for(clone, PATH=f"{fake_slurm}:{Path(sys.executable).parent}:/usr/bin:/bin")
     log = clone / "serve-test.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "mmada", "serve", "--prefect-port", str(pp), "--mlflow-port",
-                                 str(mp)], cwd=clone, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                                 str(mp), "--playground-port", str(gp)], cwd=clone, env=env, stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 420
     while "mmada serve: ready" not in log.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -296,7 +296,7 @@ def test_ctrl_c_stops_all_three(served):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(90) == 0
     log = served["log"].read_text()
-    assert "stopped: prefect server, mlflow server, flow server" in log
+    assert "stopped: prefect server, mlflow server, playground, flow server" in log
     for url in (f"{served['api']}/health", f"{served['mlflow']}/health"):
         with pytest.raises(OSError):
             urllib.request.urlopen(url, timeout=3)

@@ -7,6 +7,7 @@ one code path per job.
     mmada pipeline                  # the whole tiny pipeline (what `make demo` runs)
     mmada generate CKPT --prompt …  # text / chat generation with the diffusion sampler
     mmada t2i CKPT --prompt …       # text-to-image token generation
+    mmada playground [MODEL]        # try registered versions in the browser (Gradio)
 
 A user error (a bad flag, config field, data record or checkpoint) is one line, ``error: …`` naming
 the value, with exit status 2 and no traceback; ``mmada --debug …`` prints the traceback too.
@@ -17,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmada.cli import curate, pipeline, sample, train, vq
+from mmada.cli import curate, pipeline, playground, sample, train, vq
 from mmada.cli import eval as evaluate
 from mmada.cli._args import Parser, print_error
 from mmada.errors import MMaDAError
 
-COMMAND_MODULES = (sample, curate, evaluate, vq, train, pipeline)
+COMMAND_MODULES = (sample, curate, evaluate, vq, train, pipeline, playground)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,7 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     return serve(ServeOptions(prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
                               home=args.home, mlflow=not args.no_mlflow, deployments=not args.no_deployments,
-                              startup_timeout=args.startup_timeout))
+                              startup_timeout=args.startup_timeout, playground_port=args.playground_port,
+                              playground=not args.no_playground))
 
 
 def register(subparsers) -> None:
@@ -135,12 +136,14 @@ def register(subparsers) -> None:
     s.set_defaults(func=_params)
 
     for name in ("serve", "ui"):
-        s = subparsers.add_parser(name, help="start the Prefect server + served deployments + the MLflow UI "
-                                             "on 127.0.0.1 (Ctrl-C stops all three)")
+        s = subparsers.add_parser(name, help="start the Prefect server + served deployments, the MLflow UI and the "
+                                             "playground on 127.0.0.1 (Ctrl-C stops them all)")
         s.add_argument("--prefect-port", type=int, default=4200)
         s.add_argument("--mlflow-port", type=int, default=5000)
         s.add_argument("--home", default="runs/prefect", help="PREFECT_HOME (server database, settings)")
+        s.add_argument("--playground-port", type=int, default=7860)
         s.add_argument("--no-mlflow", action="store_true", help="do not start the MLflow UI")
+        s.add_argument("--no-playground", action="store_true", help="do not start the playground")
         s.add_argument("--no-deployments", action="store_true", help="only the servers, no served flows")
         s.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for each server")
         s.set_defaults(func=_serve)

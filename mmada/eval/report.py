@@ -34,6 +34,7 @@ from pydantic import Field
 from mmada.config import Strict
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.files import save_png, write_json
+from mmada.tracking.client import ensure_experiment
 
 FULL_HASH_LIMIT = 2 * 1024**3  # hash weight contents up to 2 GiB; larger → header/size fingerprint
 
@@ -181,8 +182,7 @@ def log_report(
     them already (one an interrupted attempt left) is logged into again, so a rerun adds no second run.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, experiment)
     tags = {
         "mmada.eval.suite": report.suite,
         "mmada.eval.protocol": report.protocol,

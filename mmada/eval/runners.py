@@ -34,6 +34,7 @@ from mmada.builtin.shapes import generate_shapes, palette_codes, palette_image
 from mmada.data.answers import check_protocol, extract_answer, gold_answer, is_equivalent, lm_eval_exact_match
 from mmada.data.images import image_grid
 from mmada.diffusion import generate_text
+from mmada.diffusion.sampling import StepCallback
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.classifier import class_accuracy, digits_to_image
@@ -361,8 +362,9 @@ def shapes_vqa_items(records: Sequence[Mapping]) -> list[dict]:
 
 @torch.no_grad()
 def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions: Sequence[str],
-                sampler: SamplerSettings, *, batch_size: int = 8) -> list[str]:
-    """Answer questions about images with the model: image codes → ``<|mmu|>`` prefix → block sampler."""
+                sampler: SamplerSettings, *, batch_size: int = 8, on_step: StepCallback | None = None) -> list[str]:
+    """Answer questions about images with the model: image codes → ``<|mmu|>`` prefix → block sampler
+    (``on_step``: the sampler's per-step callback)."""
     out: list[str] = []
     sp = lm.builder.special
     for i in range(0, len(images), batch_size):
@@ -370,7 +372,7 @@ def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions:
         batch = lm.builder.mmu(codes, list(questions[i : i + batch_size])).to(lm.device)
         ids = generate_text(
             lm.model, batch.input_ids, sampler, attention_mask=batch.attention_mask, mask_id=sp.mask,
-            eos_id=sp.eos, generator=_batch_seed(sampler, i).generator(lm.device),
+            eos_id=sp.eos, generator=_batch_seed(sampler, i).generator(lm.device), on_step=on_step,
         )[:, batch.input_ids.shape[1] :]
         for row in ids.tolist():
             for stop in (sp.eos, sp.eot):

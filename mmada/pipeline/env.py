@@ -1,7 +1,7 @@
 """Environment for processes the pipeline starts: offline, no telemetry, servers on 127.0.0.1.
 
 Applied (as defaults, never overriding what the operator set) to ``dvc repro``, the stage
-subprocesses, the Prefect server, the Prefect serve process and the MLflow server.
+subprocesses, the Prefect server, the Prefect serve process, the MLflow server and the playground.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ OFFLINE_DEFAULTS = {
     "PREFECT_RUNNER_SERVER_HOST": "127.0.0.1",
     "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
     "TOKENIZERS_PARALLELISM": "false",
+    "GRADIO_ANALYTICS_ENABLED": "False",          # the playground (`mmada playground`)
 }
 
 

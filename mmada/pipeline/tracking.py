@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from mmada.errors import MMaDAError
 from mmada.tracking import artifact_root_for, default_tracking_uri
+from mmada.tracking.client import ensure_experiment as tracking_experiment
 from mmada.tracking.client import limit_http_retries
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -55,12 +56,22 @@ def ui_base() -> str:
     return os.environ.get("MMADA_MLFLOW_UI", DEFAULT_MLFLOW_UI).rstrip("/")
 
 
+# MLflow ≥ 3.x's UI picks its view (model training vs GenAI) from this query parameter (else from the
+# browser's last choice, GenAI at first), not from the experiment's ``mlflow.experimentKind`` tag: links
+# carry it so they open runs, metrics and models.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiments_url() -> str:
+    return f"{ui_base()}/#/experiments?{TRAINING_VIEW}"
+
+
 def run_url(experiment_id: str, run_id: str) -> str:
-    return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def model_url(name: str, version: str | None = None) -> str:
-    return f"{ui_base()}/#/models/{name}" + (f"/versions/{version}" if version else "")
+    return f"{ui_base()}/#/models/{name}" + (f"/versions/{version}" if version else "") + f"?{TRAINING_VIEW}"
 
 
 def client(uri: str):
@@ -76,14 +87,7 @@ def ensure_store(uri: str) -> None:
 
 
 def ensure_experiment(c, uri: str, name: str) -> str:
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-
-    try:
-        return c.create_experiment(name, artifact_location=artifact_root_for(uri))
-    except MlflowException:  # created concurrently
-        return c.get_experiment_by_name(name).experiment_id
+    return tracking_experiment(c, name, artifact_root_for(uri))
 
 
 def create_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:

@@ -5,6 +5,8 @@
     mmada.tracking.registry   register_export (HF export → model version + alias), resolve_model
     mmada.tracking.lineage    git commit, config hash, data digests, parent version tags
 
+Here: the default tracking URI and artifact root, and the playground address of a model version.
+
 Heavy imports (mlflow) stay inside those modules so ``import mmada.tracking`` is cheap.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_STORE_DIR = Path("runs")
 
@@ -39,3 +42,13 @@ def artifact_root_for(tracking_uri: str) -> str | None:
         db = Path(tracking_uri[len("sqlite:///"):])
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
+
+
+DEFAULT_PLAYGROUND_UI = "http://127.0.0.1:7860"
+
+
+def playground_url(model_uri: str) -> str:
+    """The playground page of a model (``models:/NAME/VERSION`` or a directory), e.g. for a version's
+    description. The base is ``$MMADA_PLAYGROUND_UI`` (set by ``mmada serve``), else the default port."""
+    base = os.environ.get("MMADA_PLAYGROUND_UI", DEFAULT_PLAYGROUND_UI).rstrip("/")
+    return f"{base}/?model={quote(model_uri, safe=':/@')}"

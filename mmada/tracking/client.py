@@ -111,19 +111,8 @@ class Tracker:
 
     # ------------------------------------------------------------------ runs
     def experiment(self, name: str, artifact_location: str | None = None) -> str | None:
-        def get_or_create() -> str:
-            exp = self.client.get_experiment_by_name(name)
-            if exp is not None:
-                return exp.experiment_id
-            try:
-                return self.client.create_experiment(name, artifact_location=artifact_location)
-            except Exception:  # created concurrently by another process
-                exp = self.client.get_experiment_by_name(name)
-                if exp is None:
-                    raise
-                return exp.experiment_id
-
-        self.experiment_id = self.call(f"get/create experiment {name!r}", get_or_create)
+        self.experiment_id = self.call(f"get/create experiment {name!r}", ensure_experiment, self.client, name,
+                                       artifact_location)
         return self.experiment_id
 
     def start_run(self, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
@@ -243,6 +232,31 @@ class Tracker:
         if self.failures:
             log.warning("MLflow: %d call(s) failed and were skipped (%d metric batches); details in %s",
                         self.failures, self.dropped_metrics, self.fallback_path or "the log above")
+
+
+# MLflow's UI opens an experiment in its model-training view (runs, metrics, models) or its GenAI view
+# (traces, evaluations, judges) by this tag; the platform's experiments are model training. The key
+# and value are the UI's own (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, written by
+# its experiment-kind selector through setExperimentTag).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if needed (safe against a concurrent creation), tagged
+    as a model-training experiment (older experiments get the tag when they are next used)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND})
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 _PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",

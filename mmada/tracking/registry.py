@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from mmada.errors import ConfigError
 from mmada.files import atomic_dir
+from mmada.tracking import playground_url
 from mmada.tracking.client import Tracker
 
 EXPORT_ARTIFACT_PATH = "hf"
@@ -68,6 +69,8 @@ def register_export(tracker: Tracker, export_dir: str | Path, name: str, *, alia
         if mv is None:
             return None
         version = str(mv.version)
+        tracker.call("describe the version", client.update_model_version, name, version,
+                     description=f"Try it in the playground: {playground_url(f'models:/{name}/{version}')}")
     if alias:
         tracker.call(f"set alias {alias!r}", client.set_registered_model_alias, name, alias, version)
     tracker.set_tags({"registered_model": f"{name}/{version}"})
