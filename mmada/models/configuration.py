@@ -78,8 +78,9 @@ class MMaDAConfig(PretrainedConfig):
     """Configuration of :class:`~mmada.models.MMaDAModelLM`.
 
     Field names follow the official ``config.json`` (LLaDA/OLMo naming) so official checkpoints
-    load unchanged. The unified vocabulary is ``[text tokens (llm_vocab_size) | image codes
-    (codebook_size)]``: image code ``c`` has token id ``llm_vocab_size + c``.
+    load unchanged. The unified vocabulary is ``[text tokens | image codes (codebook_size)]``: image
+    code ``c`` has token id ``len(text tokenizer) + c``; ``llm_vocab_size`` (LLaDA: 126464, its padded
+    embedding size) bounds the tokenizer's length (LLaDA's is 126349, the released checkpoints' offset).
     """
 
     model_type = "mmada"
@@ -177,7 +178,11 @@ class MMaDAConfig(PretrainedConfig):
 
     @property
     def image_token_offset(self) -> int:
-        """Token id of image code 0 (``llm_vocab_size``, i.e. ``len(text tokenizer)``)."""
+        """The largest possible id of image code 0 (``llm_vocab_size``).
+
+        The actual offset is ``len(text tokenizer)`` (``SpecialTokenIds.image_offset``; 126349 for
+        the LLaDA tokenizer), equal to this only when the tokenizer fills every text row (ours do).
+        """
         return self.llm_vocab_size
 
     # HF-style aliases used by generic tooling (Trainer, FSDP wrap helpers, lm-eval …).
