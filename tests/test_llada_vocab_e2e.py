@@ -17,7 +17,7 @@ from mmada.data.streams import DataSpec
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.eval.runners import MagvitCodec, evaluate_qa, generate_images
 from mmada.inference import generate_image_codes, load_checkpoint
-from mmada.tokenization import load_text_tokenizer
+from mmada.tokenization import CHAT_TEMPLATE, load_text_tokenizer
 from mmada.training import load_train_config, train
 from tests.llada_layout import llada_overrides, llada_tokenizer_dir
 from tests.test_training_support import (
@@ -53,6 +53,12 @@ def test_sft_t2i_and_mmu_with_the_llada_vocabulary(data, tmp_path_factory, tmp_p
     sp = lm.builder.special
     assert len(lm.tokenizer) == 126349 and sp.image_offset == 126349 and sp.mask == 126336
     assert lm.model.config.vocab_size == 126464 + 1024 and lm.model.config.llm_vocab_size == 126464
+
+    # The exported tokenizer carries the official chat template, not the one the tokenizer shipped.
+    assert lm.tokenizer.chat_template == CHAT_TEMPLATE
+    assert lm.tokenizer.decode(lm.builder.chat_prompt("Hi")) == (
+        "<|startoftext|><|start_header_id|>user<|end_header_id|>\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n")
 
     # text-to-image: the sampled codes are placed at 126349 + c in the sequence the sampler filled
     codes = generate_image_codes(lm, ["a red circle", "a blue square"], ImageSamplerSettings(steps=3, seed=1),

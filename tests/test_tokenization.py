@@ -11,6 +11,7 @@ from mmada.errors import MMaDAError, VocabError
 from mmada.models import MMaDAConfig
 from mmada.models.configuration import BUILTIN_TOKEN_IDS
 from mmada.tokenization import (
+    CHAT_TEMPLATE,
     SPECIAL_TOKENS,
     SequenceBuilder,
     SpecialTokenIds,
@@ -20,7 +21,7 @@ from mmada.tokenization import (
     train_bpe_tokenizer,
 )
 from mmada.tokenization.special import OFFICIAL_IDS
-from tests.llada_layout import llada_tokenizer_dir
+from tests.llada_layout import SHIPPED_TEMPLATE, llada_tokenizer_dir
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,39 @@ def test_llada_tokenizer_from_a_saved_directory(tmp_path):
     # the text part decodes back, and no text id reaches the image range
     text = mmu.input_ids[0, 7:]
     assert int(text.max()) < 126349 and "What color?" in tok.decode(text)
+
+
+def test_official_chat_template_replaces_the_shipped_one(tmp_path):
+    """Inference, rollouts, evaluation (tokenizer.apply_chat_template via SequenceBuilder) and SFT
+    rendering (curation: mmada.data.templates.render) give the same ids, in the official format."""
+    from mmada.data.schema import Message
+    from mmada.data.specs import TemplateSpec
+    from mmada.data.templates import render
+
+    tok_dir = llada_tokenizer_dir(tmp_path / "llada-tok")
+    raw = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    assert raw.chat_template == SHIPPED_TEMPLATE  # what the tokenizer ships (blank line after headers)
+    tok = load_text_tokenizer(str(tok_dir))
+    assert tok.chat_template == CHAT_TEMPLATE
+    sb = SequenceBuilder(tok)
+    messages = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "  What is 2+3?\n"}]
+    expected = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\nBe brief.<|eot_id|>"
+                "<|start_header_id|>user<|end_header_id|>\nWhat is 2+3?<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n")
+    ids = sb.chat_prompt(messages)
+    assert tok.decode(ids) == expected
+    assert ids[:2] == [126080, 126346] and ids[-2:] == [126347, sb.encode("\n")[0]]
+    prompt, response = render([Message(**m) for m in messages] + [Message(role="assistant", content="5")],
+                              TemplateSpec())
+    assert prompt == expected and response == "5<|eot_id|>"
+    assert sb.encode_rendered(prompt) == ids
+    # the template the official generate.py/app.py install, rendered with the same jinja settings
+    official = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n'+ message['content'] | trim + "
+                "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n' }}")
+    raw.chat_template = official
+    assert raw.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
 
 
 def test_check_vocab_bounds_the_offset():
