@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, *, progress_bar: bool = False) -> TrainResult:
     if cfg.grpo is not None:  # the reward configuration is part of a grpo version's lineage
         g = cfg.grpo
         tags |= {"grpo.reward_funcs": json.dumps(g.reward_funcs), "grpo.reward_weights": json.dumps(g.reward_weights),
-                 "grpo.estimator": g.estimator, "grpo.beta": str(g.beta)}
+                 "grpo.estimator": g.estimator, "grpo.loss_type": g.aggregation,
+                 "grpo.beta": str(g.beta)}
 
     def write_export(trainer: L.Trainer) -> Path | None:
         # collective under FSDP (every rank); otherwise only rank 0 needs the weights
