@@ -79,7 +79,7 @@ def generate_answers(lm: LoadedModel, prompts: list[str], settings: SamplerSetti
         ids, attn = left_pad([[lm.builder.special.bos, *lm.builder.encode(p)] for p in prompts], lm.builder.special.eos)
     out = generate_text(
         lm.model, ids.to(lm.device), settings, attention_mask=attn.to(lm.device), mask_id=lm.builder.special.mask,
-        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device),
+        eos_id=lm.builder.special.eos, eot_id=lm.builder.special.eot, generator=settings.generator(lm.device),
     )
     return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 

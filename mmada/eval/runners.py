@@ -370,7 +370,7 @@ def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions:
         batch = lm.builder.mmu(codes, list(questions[i : i + batch_size])).to(lm.device)
         ids = generate_text(
             lm.model, batch.input_ids, sampler, attention_mask=batch.attention_mask, mask_id=sp.mask,
-            eos_id=sp.eos, generator=_batch_seed(sampler, i).generator(lm.device),
+            eos_id=sp.eos, eot_id=sp.eot, generator=_batch_seed(sampler, i).generator(lm.device),
         )[:, batch.input_ids.shape[1] :]
         for row in ids.tolist():
             for stop in (sp.eos, sp.eot):

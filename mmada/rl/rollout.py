@@ -70,7 +70,8 @@ def rollout_text(
         kind = "text"
     rep = lambda t: t.repeat_interleave(num_generations, dim=0).to(dev)  # noqa: E731
     ids, attn = rep(batch.input_ids), rep(batch.attention_mask)
-    seqs = generate_text(model, ids, settings, attention_mask=attn, mask_id=sp.mask, eos_id=sp.eos, generator=generator)
+    seqs = generate_text(model, ids, settings, attention_mask=attn, mask_id=sp.mask, eos_id=sp.eos, eot_id=sp.eot,
+                         generator=generator)
     P = ids.shape[1]
     full_attn = torch.cat([attn, torch.ones((len(seqs), settings.gen_length), dtype=torch.bool, device=dev)], 1)
     prompt_mask = torch.zeros_like(full_attn)
