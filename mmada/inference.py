@@ -15,7 +15,7 @@ import torch
 from mmada.diffusion.sampling import generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
-from mmada.models import MMaDAModelLM
+from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, left_pad, load_text_tokenizer
 
 
@@ -37,9 +37,14 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def load_checkpoint(
-    path: str | Path, *, tokenizer: str | None = None, device: str | None = None, dtype: str | None = None
+    path: str | Path, *, tokenizer: str | None = None, device: str | None = None, dtype: str | None = None,
+    overrides: dict | None = None,
 ) -> LoadedModel:
-    """Load model + tokenizer from a checkpoint dir (or HF repo id); checks that their vocabularies agree."""
+    """Load model + tokenizer from a checkpoint dir (or HF repo id); checks that their vocabularies agree.
+
+    ``overrides`` change config fields that leave the weights alone (``MMaDAConfig.with_overrides``),
+    e.g. ``{"num_vq_tokens": 1024}`` for a released config.json that states 256 image tokens.
+    """
     dev = pick_device(device)
     torch_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
                    "float32": torch.float32, None: None}.get(dtype, "unknown")
@@ -56,6 +61,8 @@ def load_checkpoint(
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         tok = load_text_tokenizer(tok_src)
+        if overrides:
+            kwargs["config"] = MMaDAConfig.from_pretrained(src).with_overrides(overrides, where="--config-override")
         model = MMaDAModelLM.from_pretrained(src, **kwargs).to(dev).eval()
     except OSError as exc:  # not found locally, and the hub is offline / the repo does not exist
         raise MMaDAError(f"cannot load checkpoint {src!r}: {exc}") from exc

@@ -13,14 +13,33 @@ import argparse
 import json
 import sys
 
+import yaml
+
 from mmada.cli._sampler_args import add_sampler_args, sampler_from_args
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
+from mmada.errors import ConfigError
 from mmada.inference import generate_answers, generate_image_codes, load_checkpoint
+
+
+def _overrides(items: list[str] | None) -> dict:
+    """``--config-override num_vq_tokens=1024`` (repeatable) → ``{"num_vq_tokens": 1024}`` (YAML values)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--config-override {item!r}: expected FIELD=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load(args: argparse.Namespace):
+    return load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+                           overrides=_overrides(args.config_override))
 
 
 def _generate(args: argparse.Namespace) -> int:
     settings = sampler_from_args(SamplerSettings, args)
-    lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    lm = _load(args)
     print(f"sampler: {settings.describe()}", file=sys.stderr)
     answers = generate_answers(lm, args.prompt, settings, think=args.think, chat=not args.raw)
     if args.json:
@@ -33,7 +52,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _t2i(args: argparse.Namespace) -> int:
     settings = sampler_from_args(ImageSamplerSettings, args)
-    lm = load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    lm = _load(args)
     print(f"sampler: {settings.describe()}", file=sys.stderr)
     codes = generate_image_codes(lm, args.prompt, settings, max_text_len=args.max_text_len)
     print(json.dumps([{"prompt": p, "codes": c} for p, c in zip(args.prompt, codes.tolist())]))
@@ -46,6 +65,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer dir or 'builtin' (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="load dtype (default: checkpoint's)")
+    p.add_argument("--config-override", action="append", metavar="FIELD=VALUE",
+                   help="change a config field that leaves the weights alone, e.g. num_vq_tokens=1024 for a "
+                        "config.json that states 256 image tokens (repeatable)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

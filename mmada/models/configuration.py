@@ -16,6 +16,7 @@ Named presets (``MMaDAConfig.from_preset(name)``):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -46,6 +47,19 @@ _SUPPORTED = {
     "scale_logits": {False},
     "multi_query_attention": {None, False},
     "weight_tying": {False},
+}
+
+# Fields a checkpoint's config may change without touching its weights: image tokens per image
+# (a released config.json may say 256 where 512 px images need 1024), the RoPE cache length and the
+# special ids the samplers and losses use. Everything else decides the weights' shapes or meaning.
+CHECKPOINT_OVERRIDES: dict[str, str] = {
+    "num_vq_tokens": "image tokens per image, a square grid (MAGVIT-v2: 256 at 256 px, 1024 at 512 px)",
+    "max_sequence_length": "RoPE cache length (grows on demand; no weights)",
+    "mask_token_id": "the diffusion mask token",
+    "bos_token_id": "text start token",
+    "eos_token_id": "text end / padding token",
+    "pad_token_id": "padding token",
+    "codebook_size": "image codes in the vocabulary (within vocab_size)",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -204,6 +218,27 @@ class MMaDAConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    def with_overrides(self, overrides: dict[str, Any], *, where: str = "model.overrides") -> MMaDAConfig:
+        """A copy with ``overrides`` (only :data:`CHECKPOINT_OVERRIDES` fields) applied and validated.
+
+        Errors name the field as ``<where>.<field>``.
+        """
+        for name, value in overrides.items():
+            if name not in CHECKPOINT_OVERRIDES:
+                raise ConfigError(
+                    f"{where}.{name} cannot be changed on an existing checkpoint (it decides its weights); "
+                    f"allowed: {', '.join(sorted(CHECKPOINT_OVERRIDES))}"
+                )
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}.{name}={value!r} must be a non-negative integer")
+        n = overrides.get("num_vq_tokens")
+        if n is not None and (n <= 0 or math.isqrt(n) ** 2 != n):
+            raise ConfigError(f"{where}.num_vq_tokens={n} must be a positive square (the image is a square grid)")
+        try:
+            return type(self).from_dict({**self.to_dict(), **overrides})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     def num_parameters_estimate(self) -> int:
         """Parameter count implied by the config (no model instantiation needed)."""

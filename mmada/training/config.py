@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from mmada.config import Strict, load_config, validate
 from mmada.data.streams import DataSpec, Task
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
+from mmada.models.configuration import CHECKPOINT_OVERRIDES
 from mmada.rl.grpo import GRPOConfig
 from mmada.training.specs import CheckpointSpec, OptimSpec, RunConfig, TrackingSpec, TrainerSpec
 
@@ -48,7 +49,9 @@ class ModelSpec(Strict):
     preset: Literal["tiny", "small", "1b", "8b"] | None = None
     """Initialise a fresh model of this size (``mmada.models.PRESETS``)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
-    """Preset field overrides, e.g. ``{n_layers: 2, d_model: 128}`` (only with ``preset``)."""
+    """Preset field overrides, e.g. ``{n_layers: 2, d_model: 128}``; with ``init`` only the fields that
+    leave the weights unchanged (``mmada.models.configuration.CHECKPOINT_OVERRIDES``: num_vq_tokens,
+    max_sequence_length, mask/bos/eos/pad_token_id, codebook_size), e.g. ``{num_vq_tokens: 1024}``."""
     init: str | None = None
     """Start from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a ``save_pretrained`` directory."""
     tokenizer: str | None = None
@@ -58,8 +61,11 @@ class ModelSpec(Strict):
     def _one_source(self) -> ModelSpec:
         if (self.preset is None) == (self.init is None):
             raise ValueError("set exactly one of model.preset (fresh weights) or model.init (a checkpoint)")
-        if self.overrides and self.preset is None:
-            raise ValueError("model.overrides only applies to a fresh model.preset")
+        if self.init is not None:
+            bad = sorted(set(self.overrides) - set(CHECKPOINT_OVERRIDES))
+            if bad:
+                raise ValueError(f"model.overrides.{bad[0]} cannot be changed on a checkpoint (model.init); "
+                                 f"allowed: {', '.join(sorted(CHECKPOINT_OVERRIDES))}")
         return self
 
 

@@ -57,7 +57,8 @@ class MMaDAModule(L.LightningModule):
         if self.model is not None:
             return
         if self.init_dir is not None:
-            self.model = MMaDAModelLM.from_pretrained(self.init_dir, dtype=torch.float32)
+            # the stage's config: the checkpoint's, with model.overrides applied (weights unchanged)
+            self.model = MMaDAModelLM.from_pretrained(self.init_dir, config=self.model_config, dtype=torch.float32)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)

@@ -59,6 +59,8 @@ def resolve_model_source(cfg: TrainConfig, tracking_uri: str) -> ModelSource:
     if cfg.model.init is not None:
         init_dir, parent = resolve_model(cfg.model.init, tracking_uri=tracking_uri, cache_dir=cfg.out_dir / "init")
         config = MMaDAConfig.from_pretrained(init_dir)
+        if cfg.model.overrides:
+            config = config.with_overrides(cfg.model.overrides)
         tok_src = cfg.model.tokenizer or (str(init_dir) if (init_dir / "tokenizer.json").is_file() else "builtin")
     else:
         config = MMaDAConfig.from_preset(cfg.model.preset, **cfg.model.overrides)
