@@ -43,6 +43,20 @@ STAGE_COEFFS: dict[str, dict[str, float]] = {
 }
 
 
+class FromLLaDASpec(Strict):
+    """Grow a text-only LLaDA checkpoint (``model.init``) into MMaDA's unified vocabulary (official stage 1:
+    Gen-Verse/MMaDA training/train_mmada.py, ``resize_token_embeddings(new_vocab_size)``)."""
+
+    vocab_size: int = Field(134656, gt=0)
+    """Rows of the grown embedding and head (official ``new_vocab_size``: LLaDA's 126464 + 8192)."""
+    codebook_size: int = Field(8192, gt=0)
+    """Image codes (MAGVIT-v2: 8192); code ``c`` is token ``len(tokenizer) + c``."""
+    num_vq_tokens: int = Field(256, gt=0)
+    """Image tokens per image (256 at 256 px, stage 1.1/1.2; 1024 at 512 px)."""
+    mask_token_id: int = Field(126336, ge=0)
+    """The mask token for text and image positions (LLaDA's ``<|mdm_mask|>``)."""
+
+
 class ModelSpec(Strict):
     """Where the weights come from: a fresh preset, or a registered/saved checkpoint."""
 
@@ -56,11 +70,15 @@ class ModelSpec(Strict):
     """Start from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a ``save_pretrained`` directory."""
     tokenizer: str | None = None
     """Text tokenizer: ``builtin``, a directory or an HF id. Default: the checkpoint's own, else ``builtin``."""
+    from_llada: FromLLaDASpec | None = None
+    """``model.init`` is a text-only LLaDA checkpoint: grow its vocabulary by the image codes first."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if (self.preset is None) == (self.init is None):
             raise ValueError("set exactly one of model.preset (fresh weights) or model.init (a checkpoint)")
+        if self.from_llada is not None and self.init is None:
+            raise ValueError("model.from_llada grows the checkpoint named by model.init; set model.init")
         if self.init is not None:
             bad = sorted(set(self.overrides) - set(CHECKPOINT_OVERRIDES))
             if bad:

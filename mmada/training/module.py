@@ -30,6 +30,7 @@ from mmada.diffusion import unified_loss
 from mmada.errors import ConfigError
 from mmada.files import write_json
 from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.models.from_llada import grow_from_llada
 from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
 from mmada.training.config import TrainConfig
@@ -56,7 +57,11 @@ class MMaDAModule(L.LightningModule):
         """Build (fresh, seeded identically on every rank) or load the model; once."""
         if self.model is not None:
             return
-        if self.init_dir is not None:
+        if self.init_dir is not None and self.cfg.model.from_llada is not None:
+            # a LLaDA checkpoint with its own config, grown to the stage's unified vocabulary
+            llada = MMaDAModelLM.from_pretrained(self.init_dir, dtype=torch.float32)
+            self.model = grow_from_llada(llada, self.model_config)
+        elif self.init_dir is not None:
             # the stage's config: the checkpoint's, with model.overrides applied (weights unchanged)
             self.model = MMaDAModelLM.from_pretrained(self.init_dir, config=self.model_config, dtype=torch.float32)
         else:

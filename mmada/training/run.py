@@ -26,6 +26,7 @@ from mmada.data.loading import ShardDataModule
 from mmada.errors import ConfigError
 from mmada.files import atomic_dir
 from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.models.from_llada import mmada_config_from_llada
 from mmada.tokenization import SpecialTokenIds, check_vocab, load_text_tokenizer
 from mmada.tracking import default_tracking_uri
 from mmada.tracking.lineage import lineage_tags
@@ -59,6 +60,8 @@ def resolve_model_source(cfg: TrainConfig, tracking_uri: str) -> ModelSource:
     if cfg.model.init is not None:
         init_dir, parent = resolve_model(cfg.model.init, tracking_uri=tracking_uri, cache_dir=cfg.out_dir / "init")
         config = MMaDAConfig.from_pretrained(init_dir)
+        if cfg.model.from_llada is not None:
+            config = mmada_config_from_llada(config, **cfg.model.from_llada.model_dump())
         if cfg.model.overrides:
             config = config.with_overrides(cfg.model.overrides)
         tok_src = cfg.model.tokenizer or (str(init_dir) if (init_dir / "tokenizer.json").is_file() else "builtin")
