@@ -73,3 +73,21 @@ def test_cli_config_override(wrong_config_checkpoint, capsys):
     assert "--config-override.d_model cannot be changed on an existing checkpoint" in capsys.readouterr().err
     assert main([*base, "--config-override", "num_vq_tokens"]) == 2
     assert "expected FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_eval_config_override(data, wrong_config_checkpoint, tmp_path, capsys):
+    """mmada eval t2i: as released the model makes 16-token (16 px) images; corrected, 64-token 32 px ones."""
+    from PIL import Image
+
+    def run(name, *extra):
+        args = ["eval", "t2i", "--checkpoint", str(wrong_config_checkpoint), "--image-tokenizer", data["vq"],
+                "--n", "2", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / f"{name}.json"),
+                "--images-dir", str(tmp_path / name), *extra]
+        assert main(args) == 0
+        capsys.readouterr()
+        assert json.loads((tmp_path / f"{name}.json").read_text())["n"] == 2
+        return [Image.open(p).size for p in sorted((tmp_path / name).rglob("*.png"))]
+
+    released, corrected = run("released"), run("corrected", "--config-override", "num_vq_tokens=64")
+    # the image grid (two images side by side) of 16 px images as released, of 32 px ones corrected
+    assert released == [(70, 36)] and corrected == [(134, 68)]

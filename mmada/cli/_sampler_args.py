@@ -13,9 +13,11 @@ import types
 import typing
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel
 
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
+from mmada.errors import ConfigError
 
 Settings = SamplerSettings | ImageSamplerSettings
 
@@ -50,3 +52,15 @@ def sampler_from_args(cls: type[Settings], args: argparse.Namespace, **defaults:
 def given_sampler_fields(args: argparse.Namespace) -> set[str]:
     """The sampler fields set on the command line."""
     return {k.removeprefix("sampler_") for k in vars(args) if k.startswith("sampler_")}
+
+
+def parse_config_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--config-override num_vq_tokens=1024`` (repeatable) → ``{"num_vq_tokens": 1024}`` (YAML values);
+    the loader validates the fields (``MMaDAConfig.with_overrides``)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--config-override {item!r}: expected FIELD=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out

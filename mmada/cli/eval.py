@@ -19,7 +19,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmada.cli._sampler_args import add_sampler_args, given_sampler_fields, sampler_from_args
+from mmada.cli._sampler_args import (
+    add_sampler_args,
+    given_sampler_fields,
+    parse_config_overrides,
+    sampler_from_args,
+)
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.report import ModelRef
@@ -54,6 +59,8 @@ def _add_model(p: argparse.ArgumentParser, *, text: bool = True, image: bool = F
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, choices=["bf16", "fp32"])
     g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--config-override", action="append", metavar="FIELD=VALUE",
+                   help="change a config field that leaves the weights alone, e.g. num_vq_tokens=1024 (repeatable)")
     if image:
         g.add_argument("--image-tokenizer", default="palette",
                        help="'palette' (the built-in world's fixed quantiser) or a MAGVIT-v2 dir")
@@ -73,7 +80,8 @@ def _sampler(args, cls, **defaults):
 
 def _model(args) -> EvalModel:
     return EvalModel(checkpoint=args.checkpoint, tokenizer=args.tokenizer, version=args.model_version,
-                     device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+                     device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                     overrides=parse_config_overrides(getattr(args, "config_override", None)))
 
 
 def _outputs(args) -> EvalOutputs:

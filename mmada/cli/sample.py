@@ -13,28 +13,14 @@ import argparse
 import json
 import sys
 
-import yaml
-
-from mmada.cli._sampler_args import add_sampler_args, sampler_from_args
+from mmada.cli._sampler_args import add_sampler_args, parse_config_overrides, sampler_from_args
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
-from mmada.errors import ConfigError
 from mmada.inference import generate_answers, generate_image_codes, load_checkpoint
-
-
-def _overrides(items: list[str] | None) -> dict:
-    """``--config-override num_vq_tokens=1024`` (repeatable) → ``{"num_vq_tokens": 1024}`` (YAML values)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--config-override {item!r}: expected FIELD=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def _load(args: argparse.Namespace):
     return load_checkpoint(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
-                           overrides=_overrides(args.config_override))
+                           overrides=parse_config_overrides(args.config_override))
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -57,12 +57,15 @@ class EvalModel:
     device: str = "auto"
     dtype: str | None = None
     batch_size: int = 8
+    overrides: dict | None = None
+    """Config fields that leave the weights alone (``MMaDAConfig.with_overrides``), e.g. num_vq_tokens."""
 
     def load(self):
         """``(LoadedModel | None, ModelRef)``."""
         if self.checkpoint is None:
             return None, ModelRef(version=self.version)
-        lm = load_checkpoint(self.checkpoint, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype)
+        lm = load_checkpoint(self.checkpoint, tokenizer=self.tokenizer, device=self.device, dtype=self.dtype,
+                             overrides=self.overrides)
         return lm, ModelRef.from_path(self.checkpoint, version=self.version)
 
 
