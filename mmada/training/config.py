@@ -24,6 +24,7 @@ from mmada.data.streams import DataSpec, Task
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.models.configuration import CHECKPOINT_OVERRIDES
 from mmada.rl.grpo import GRPOConfig
+from mmada.training.lora import LoRASpec
 from mmada.training.specs import CheckpointSpec, OptimSpec, RunConfig, TrackingSpec, TrainerSpec
 
 Stage = Literal["pretrain", "sft", "grpo"]
@@ -127,6 +128,9 @@ class TrainConfig(RunConfig):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     grpo: GRPOConfig | None = None
     """UniGRPO settings (stage ``grpo`` only): ``mmada.rl.GRPOConfig``, TRL-like field names."""
+    lora: LoRASpec | None = None
+    """Train LoRA adapters instead of all weights (stages sft and grpo; d1: r 128, alpha 64); the
+    registered version holds the merged weights, the adapter is logged with the run."""
 
     HASH_EXCLUDE: ClassVar[dict[str, Any]] = {**RunConfig.HASH_EXCLUDE, "samples": True}
 
@@ -134,6 +138,10 @@ class TrainConfig(RunConfig):
     def _check_stage(self) -> TrainConfig:
         if (self.stage == "grpo") != (self.grpo is not None):
             raise ValueError("grpo: the section is required for stage 'grpo' and only allowed there")
+        if self.lora is not None and self.stage == "pretrain":
+            raise ValueError("lora: adapters are for stages sft and grpo, not pretrain")
+        if self.lora is not None and self.trainer.strategy == "fsdp":
+            raise ValueError("lora: not supported with trainer.strategy fsdp (use ddp: only the adapters train)")
         allowed = STAGE_TASKS[self.stage]
         bad = [t for t in self.data.streams if t not in allowed]
         if bad:

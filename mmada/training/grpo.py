@@ -50,6 +50,7 @@ from mmada.rl import (
 )
 from mmada.tokenization import SequenceBuilder, load_text_tokenizer
 from mmada.training.config import DataSpec, TrainConfig
+from mmada.training.lora import adapters_disabled
 from mmada.training.module import MMaDAModule
 
 GRPO_TASKS = ("chat", "mmu", "t2i")
@@ -135,6 +136,18 @@ class GRPOPromptData(L.LightningDataModule):
 
 
 # --------------------------------------------------------------------------------------------- module
+class _BaseModelView:
+    """The frozen reference policy of a LoRA run: the model called with every adapter switched off."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        with adapters_disabled(self.model):
+            return self.model(input_ids, attention_mask=attention_mask, **kwargs)
+
+
 class GRPOModule(MMaDAModule):
     """UniGRPO on the shared model/optimizer/registry machinery of :class:`MMaDAModule`."""
 
@@ -151,13 +164,18 @@ class GRPOModule(MMaDAModule):
     # ------------------------------------------------------------------ reference policy
     def configure_model(self) -> None:
         super().configure_model()
-        if self.grpo.beta > 0 and self._reference is None:
+        if self.grpo.beta > 0 and self._reference is None and self.cfg.lora is not None:
+            # LoRA: the reference is the policy with its adapters off (no second copy of the weights)
+            object.__setattr__(self, "_reference", _BaseModelView(self.model))
+        elif self.grpo.beta > 0 and self._reference is None:
             ref = type(self.model)(self.model.config)
             ref.load_state_dict(self.model.state_dict())
             object.__setattr__(self, "_reference", ref.eval().requires_grad_(False))
 
     def _ref(self):
         ref = self._reference
+        if isinstance(ref, _BaseModelView):
+            return ref
         if ref is not None and next(ref.parameters()).device != self.device:
             ref.to(self.device)
         return ref

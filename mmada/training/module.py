@@ -34,6 +34,7 @@ from mmada.models.from_llada import grow_from_llada
 from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
 from mmada.training.config import TrainConfig
+from mmada.training.lora import add_lora
 from mmada.training.optim import build_optimizer, build_scheduler
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "prompt_mask", "image_mask")
@@ -68,6 +69,8 @@ class MMaDAModule(L.LightningModule):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)
                 self.model = MMaDAModelLM(self.model_config)
+        if self.cfg.lora is not None:  # only the adapters train; the base weights stay as loaded
+            add_lora(self.model, self.cfg.lora)
         self.model.train()
         if self.cfg.trainer.activation_checkpointing and self.cfg.trainer.strategy != "fsdp":
             parallelize.apply_activation_checkpointing(self.model)

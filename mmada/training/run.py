@@ -35,6 +35,7 @@ from mmada.training.callbacks import SampleCallback
 from mmada.training.config import TrainConfig
 from mmada.training.grpo import GRPOModule, GRPOPromptData
 from mmada.training.harness import Export, TrainResult, fit, open_tracker
+from mmada.training.lora import merged_state_dict, save_adapter
 from mmada.training.module import DiffusionModule
 from mmada.training.parallelize import full_state_dict, is_sharded, model_weights
 
@@ -112,6 +113,8 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: str | os.PathLike, target: s
     if "state_dict" not in ckpt:
         raise ConfigError(f"{path} is not a Lightning training checkpoint (no 'state_dict')")
     state = model_weights(ckpt["state_dict"])
+    if cfg.lora is not None:
+        state = merged_state_dict(state, cfg.lora.scaling)
     src = resolve_model_source(cfg, cfg.tracking.uri or default_tracking_uri())
     step = int(ckpt.get("global_step", 0))
     target = Path(target) if target is not None else cfg.out_dir / "exports" / f"step{step:08d}"
@@ -136,6 +139,8 @@ def train(cfg: TrainConfig, *, progress_bar: bool = False) -> TrainResult:
     inputs = dm.dataset_inputs()
     tags = lineage_tags(stage=cfg.stage, config_hash=cfg.config_hash(), inputs=inputs, parent=src.parent,
                         init=cfg.model.init)
+    if cfg.lora is not None:  # a merged LoRA version says how it was trained
+        tags |= {"lora": json.dumps(cfg.lora.model_dump())}
     if cfg.grpo is not None:  # the reward configuration is part of a grpo version's lineage
         g = cfg.grpo
         tags |= {"grpo.reward_funcs": json.dumps(g.reward_funcs), "grpo.reward_weights": json.dumps(g.reward_weights),
@@ -145,7 +150,12 @@ def train(cfg: TrainConfig, *, progress_bar: bool = False) -> TrainResult:
     def write_export(trainer: L.Trainer) -> Path | None:
         # collective under FSDP (every rank); otherwise only rank 0 needs the weights
         state = full_state_dict(trainer) if is_sharded(trainer) or trainer.is_global_zero else None
-        return export_hf(src.config, state, src.tokenizer, out / "export") if trainer.is_global_zero else None
+        if not trainer.is_global_zero:
+            return None
+        if cfg.lora is not None:  # the adapter is logged with the run; the version holds merged weights
+            tracker.log_artifacts(save_adapter(state, cfg.lora, out / "adapter"), "adapter")
+            state = merged_state_dict(state, cfg.lora.scaling)
+        return export_hf(src.config, state, src.tokenizer, out / "export")
 
     export = Export(write_export, EXPORT_ARTIFACT_PATH, alias=cfg.alias,
                     registered_model=registered_name(cfg, src.config) if cfg.tracking.registry else None,
