@@ -44,6 +44,13 @@ THINK_PREFIX = (
     "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
     "process here </think> answer here\n"
 )
+# Reasoning-to-image: the user turn asks for a detailed description first (Gen-Verse/MMaDA
+# parquet/my_dataset.py, the r2i samples); the answer is <think>{detailed description}</think>, then the image.
+R2I_PREFIX = (
+    "You should first think out a more detailed version of the description and then provide the user with the "
+    "image. The detailed description is enclosed within <think> </think> tags, i.e. <think> detailed description "
+    "here </think> image here\n"
+)
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
 
 
