@@ -133,3 +133,14 @@ def test_t2i_think_prints_the_trace_and_writes_the_image(tok, tmp_path, capsys):
     assert "reasoning: gen8/blk8/steps8" in captured.err
     assert main(["t2i", str(ckpt), "--prompt", "x", "--save", str(tmp_path / "o2")]) == 2
     assert "--save needs --image-tokenizer" in capsys.readouterr().err
+    # evaluation: mmada eval t2i --think scores the r2i images and keeps each description
+    out = tmp_path / "eval"
+    assert main(["eval", "t2i", "--checkpoint", str(ckpt), "--image-tokenizer", str(vq), "--n", "2", "--steps", "2",
+                 "--think", "--think-gen-length", "8", "--think-steps", "8", "--think-block-length", "8",
+                 "--device", "cpu", "--out", str(out / "r.json"), "--samples-out", str(out / "rows.jsonl")]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "r.json").read_text())
+    assert report["n"] == 2 and report["details"]["mode"] == "r2i"
+    assert report["details"]["reasoning_sampler"]["gen_length"] == 8
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(isinstance(r["trace"], str) for r in rows)

@@ -151,7 +151,7 @@ def _t2i(args) -> int:
         checker=args.checker, model=_model(args), sampler=_sampler(args, ImageSamplerSettings), out=_outputs(args),
         images=args.images, data=args.data, n=args.n, data_seed=args.data_seed,
         image_tokenizer=args.image_tokenizer, clip_model=args.clip_model, fashion_root=args.fashion_root,
-        cache_dir=args.cache_dir))
+        cache_dir=args.cache_dir, think=sampler_from_args(SamplerSettings, args, prefix="think-") if args.think else None))
 
 
 def _recon(args) -> int:
@@ -240,7 +240,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", default=None, help="local CLIPModel directory (for --checker clip)")
     p.add_argument("--fashion-root", default=None, help="Fashion-MNIST IDX directory (for --checker fashion)")
     p.add_argument("--cache-dir", default=None, help="classifier cache (default ~/.cache/mmada/eval)")
+    p.add_argument("--think", action="store_true",
+                   help="reasoning to image (<|r2i|>): a detailed description first (flags --think-*), then the image")
     _add_model(p, text=False, image=True)
+    add_sampler_args(p, SamplerSettings, "reasoning sampler (--think)", prefix="think-")
     _add_output(p)
     p.set_defaults(func=_t2i)
 
