@@ -12,6 +12,7 @@ from PIL import Image
 from mmada.cli import main
 from mmada.diffusion import generate_text, unified_loss
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
+from mmada.errors import ConfigError
 from mmada.inference import LoadedModel, generate_r2i
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.models.vq import MAGVITv2
@@ -144,3 +145,65 @@ def test_t2i_think_prints_the_trace_and_writes_the_image(tok, tmp_path, capsys):
     assert report["details"]["reasoning_sampler"]["gen_length"] == 8
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["trace"], str) for r in rows)
+
+
+def test_r2i_rollout_masks_and_first_policy_step(tok):
+    """UniGRPO r2i rollouts: the description up to its first EOS and the image are scored, the fill is the tail."""
+    from mmada.rl import GRPOConfig, policy_loss, prepare_iterations, rollout_r2i, score_rollout
+
+    sb = SequenceBuilder(tok)
+    model = tiny(num_vq_tokens=16).eval()
+    text = SamplerSettings(steps=8, gen_length=8, block_length=8, temperature=1.0)
+    g = torch.Generator().manual_seed(0)
+    r = rollout_r2i(model, sb, CAPTIONS, 2, text=text, image=ImageSamplerSettings(steps=2), decode=None,
+                    num_image_tokens=16, codebook_size=1024, max_text_len=128, generator=g)
+    sp = sb.special
+    assert r.kind == "r2i" and r.sequences.shape == (4, 1 + 128 + 1 + 16 + 1) and r.prompt_index == [0, 0, 1, 1]
+    assert torch.equal(r.sequences[:, -17:-1], r.extra["codes"] + sp.image_offset)
+    assert not (r.completion_mask & r.prompt_mask).any() and not (r.tail_mask & r.completion_mask).any()
+    for i in range(4):
+        p = len(sb.r2i_prompt(CAPTIONS[i // 2]))
+        text_part = r.sequences[i, p:129].tolist()  # description, EOS, fill
+        k = text_part.index(sp.eos) + 1
+        assert r.completion_mask[i, p:129].tolist() == [True] * k + [False] * (129 - p - k)
+        assert r.tail_mask[i, p:129].tolist() == [False] * k + [True] * (129 - p - k)
+        assert r.completion_mask[i, -17:-1].all() and not r.completion_mask[i, -1]
+    cfg = GRPOConfig(num_generations=2, beta=0.0, reward_funcs=["shapes_t2i"], reward_weights={})
+    r.completions = [Image.new("RGB", (32, 32), c) for c in ("red", "white", "blue", "white")]
+    scored = score_rollout(r, cfg, CAPTIONS, {"caption": CAPTIONS, "metadata": [None, None]})
+    its = prepare_iterations(model, None, r, cfg, mask_id=sp.mask, generator=g)
+    assert not (its[0].noised.masked & ~r.completion_mask).any()
+    out = policy_loss(model, scored, its[0], cfg)
+    assert float(out.ratio_mean) == 1.0
+    assert float(out.loss.detach()) == pytest.approx(-float(scored.advantages.advantages.mean()), abs=1e-6)
+    with pytest.raises(ConfigError, match="max_text_len=64 cannot hold the r2i prompt"):
+        rollout_r2i(model, sb, CAPTIONS, 2, text=text, image=ImageSamplerSettings(steps=2), decode=None,
+                    num_image_tokens=16, codebook_size=1024, max_text_len=64)
+
+
+def test_unigrpo_stage_with_an_r2i_stream(tok, tmp_path_factory, tmp_path):
+    """The grpo stage rolls out r2i prompts (shapes captions), rewards the images, registers a version."""
+    from mlflow import MlflowClient
+
+    from mmada.training import load_train_config, train
+    from tests.test_training_support import curated_data, fresh_mlflow_uri, tiny_config
+
+    data = curated_data(tmp_path_factory)
+    ckpt = tmp_path / "ckpt"
+    tiny(num_vq_tokens=64).save_pretrained(ckpt)
+    tok.save_pretrained(str(ckpt))
+    uri = fresh_mlflow_uri(tmp_path_factory, tmp_path)
+    cfg = tiny_config(data, tmp_path / "grpo", uri, stage="sft", steps=2)
+    cfg.update(stage="grpo", model={"init": str(ckpt)}, samples={"every_n_steps": 1},
+               grpo={"num_generations": 2, "beta": 0.0, "reward_funcs": ["shapes_t2i"], "reward_weights": {},
+                     "sampler": {"steps": 8, "gen_length": 8, "block_length": 8, "temperature": 1.0},
+                     "image_sampler": {"steps": 2}})
+    cfg["data"] = {**cfg["data"], "streams": {"r2i": {"manifests": [data["shapes"]], "batch_size": 1,
+                                                      "max_text_len": 128}}}
+    result = train(load_train_config(cfg))
+    assert result.global_step == 2 and result.model_version == "1"
+    metrics = MlflowClient(uri).get_run(result.run_id).data.metrics
+    assert {"r2i/reward", "r2i/rewards/shapes_t2i/mean", "r2i/policy_loss"} <= set(metrics)
+    table = json.loads((tmp_path / "grpo" / "grpo_samples" / "step00000000" / "completions.json").read_text())
+    assert [row["task"] for row in table] == ["r2i", "r2i"] and all("description" in row for row in table)
+    assert (tmp_path / "grpo" / "grpo_samples" / "step00000000" / "r2i_grid.png").is_file()

@@ -35,12 +35,12 @@ Stage = Literal["pretrain", "sft", "grpo"]
 STAGE_TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("t2i", "lm", "mmu"),
     "sft": ("chat", "mmu", "t2i", "lm"),
-    "grpo": ("chat", "mmu", "t2i"),  # prompt streams; rewards, not these coefficients, drive the update
+    "grpo": ("chat", "mmu", "t2i", "r2i"),  # prompt streams; rewards, not these coefficients, drive the update
 }
 STAGE_COEFFS: dict[str, dict[str, float]] = {
     "pretrain": {"t2i": 1.0, "lm": 0.1, "mmu": 1.0},
     "sft": {"chat": 0.5, "mmu": 0.5, "t2i": 1.0, "lm": 0.5},
-    "grpo": {"chat": 1.0, "mmu": 1.0, "t2i": 1.0},
+    "grpo": {"chat": 1.0, "mmu": 1.0, "t2i": 1.0, "r2i": 1.0},
 }
 
 

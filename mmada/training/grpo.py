@@ -44,6 +44,7 @@ from mmada.rl import (
     policy_loss,
     prepare_iterations,
     reward_metrics,
+    rollout_r2i,
     rollout_t2i,
     rollout_text,
     score_rollout,
@@ -53,7 +54,7 @@ from mmada.training.config import DataSpec, TrainConfig
 from mmada.training.lora import adapters_disabled
 from mmada.training.module import MMaDAModule
 
-GRPO_TASKS = ("chat", "mmu", "t2i")
+GRPO_TASKS = ("chat", "mmu", "t2i", "r2i")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -217,7 +218,15 @@ class GRPOModule(MMaDAModule):
         out = []
         for task, recs in batch.items():
             t0 = time.perf_counter()
-            if task == "t2i":
+            if task == "r2i":  # reasoning to image: a description, then the image drawn from it
+                caps = [r["caption"] for r in recs]
+                r = rollout_r2i(view, sb, caps, g.num_generations, text=g.sampler, image=g.image_sampler,
+                                decode=self._decode_images, num_image_tokens=self.model_config.num_vq_tokens,
+                                codebook_size=self.model_config.codebook_size,
+                                max_text_len=self.cfg.data.streams[task].max_text_len, generator=gen)
+                prompts, cols = caps, {"caption": caps, "metadata": [x["metadata"] for x in recs],
+                                       "label": [x["label"] for x in recs], "task": [task] * len(recs)}
+            elif task == "t2i":
                 caps = [r["caption"] for r in recs]
                 r = rollout_t2i(view, sb, caps, g.num_generations, settings=g.image_sampler, decode=self._decode_images,
                                 num_image_tokens=self.model_config.num_vq_tokens,
@@ -287,11 +296,12 @@ class GRPOModule(MMaDAModule):
             for i, c in enumerate(r.completions):
                 rows.append({"step": self.global_step, "task": task, "prompt": str(prompts[r.prompt_index[i]]),
                              "completion": c if isinstance(c, str) else f"<image {i}>",
+                             **({"description": r.extra["answers"][i]} if task == "r2i" else {}),
                              "reward": float(scored.rewards[i]), "advantage": float(scored.advantages.advantages[i]),
                              **{f"reward/{k}": v[i] for k, v in scored.per_reward.items()}})
-            if task == "t2i":
+            if task in ("t2i", "r2i"):
                 labels = [f"{x:.2f}" for x in scored.rewards.tolist()]
-                save_png(out / "t2i_grid.png", image_grid(r.completions, scale=3, labels=labels))
+                save_png(out / f"{task}_grid.png", image_grid(r.completions, scale=3, labels=labels))
         write_json(out / "completions.json", rows, indent=1)
         tracker = getattr(self.logger, "tracker", None) if self.logger is not None else None
         if tracker is not None:
