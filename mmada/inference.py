@@ -15,9 +15,10 @@ import torch
 from mmada.diffusion.sampling import StepCallback, generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
-from mmada.models import MMaDAModelLM
+from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.models.loading import load_model
 from mmada.tokenization import SequenceBuilder, SpecialTokenIds, check_vocab, left_pad, load_text_tokenizer
+from mmada.tokenization.text import split_think
 
 
 @dataclass
@@ -38,9 +39,14 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def load_checkpoint(
-    path: str | Path, *, tokenizer: str | None = None, device: str | None = None, dtype: str | None = None
+    path: str | Path, *, tokenizer: str | None = None, device: str | None = None, dtype: str | None = None,
+    overrides: dict | None = None,
 ) -> LoadedModel:
-    """Load model + tokenizer from a checkpoint dir (or HF repo id); checks that their vocabularies agree."""
+    """Load model + tokenizer from a checkpoint dir (or HF repo id); checks that their vocabularies agree.
+
+    ``overrides`` change config fields that leave the weights alone (``MMaDAConfig.with_overrides``),
+    e.g. ``{"num_vq_tokens": 1024}`` for a released config.json that states 256 image tokens.
+    """
     dev = pick_device(device)
     torch_dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
                    "float32": torch.float32, None: None}.get(dtype, "unknown")
@@ -57,6 +63,8 @@ def load_checkpoint(
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     try:
         tok = load_text_tokenizer(tok_src)
+        if overrides:
+            kwargs["config"] = MMaDAConfig.from_pretrained(src).with_overrides(overrides, where="--config-override")
         model = load_model(src, **kwargs).to(dev).eval()
     except OSError as exc:  # not found locally, and the hub is offline / the repo does not exist
         raise MMaDAError(f"cannot load checkpoint {src!r}: {exc}") from exc
@@ -81,7 +89,8 @@ def generate_answers(lm: LoadedModel, prompts: list, settings: SamplerSettings |
         ids, attn = left_pad([[lm.builder.special.bos, *lm.builder.encode(p)] for p in prompts], lm.builder.special.eos)
     out = generate_text(
         lm.model, ids.to(lm.device), settings, attention_mask=attn.to(lm.device), mask_id=lm.builder.special.mask,
-        eos_id=lm.builder.special.eos, generator=settings.generator(lm.device), on_step=on_step,
+        eos_id=lm.builder.special.eos, eot_id=lm.builder.special.eot, generator=settings.generator(lm.device),
+        on_step=on_step,
     )
     return lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
@@ -118,3 +127,44 @@ def generate_image_codes(lm: LoadedModel, captions: list[str], settings: ImageSa
         image_offset=lm.builder.special.image_offset, num_image_tokens=cfg.num_vq_tokens,
         mask_id=lm.builder.special.mask, generator=settings.generator(lm.device), on_step=on_step,
     )
+
+
+@dataclass
+class R2IResult:
+    answers: list[str]  # the decoded answers, ``<think>detailed description</think>``
+    traces: list[str]  # the detailed descriptions (the answer if it has no think block)
+    codes: torch.Tensor  # (B, num_vq_tokens) image codes
+
+
+def generate_r2i(lm: LoadedModel, captions: list[str], text: SamplerSettings | None = None,
+                 image: ImageSamplerSettings | None = None, *, max_text_len: int | None = None) -> R2IResult:
+    """Reasoning to image: the text sampler writes a detailed description after the ``<|r2i|>`` prompt,
+    then MaskGIT draws the image conditioned on prompt + description (``SequenceBuilder.r2i_from_ids``).
+
+    The answer is taken up to its first EOS; its guidance-free counterpart for CFG is the layout with
+    an empty text part (``<|r2i|> <bos> <eos>…``), as t2i's unconditional rows drop the caption.
+    ``max_text_len`` (text slots before ``<|soi|>``) defaults to the longest prompt + ``gen_length`` + 1.
+    """
+    text, image = text or SamplerSettings(), image or ImageSamplerSettings()
+    sb, sp, cfg = lm.builder, lm.builder.special, lm.model.config
+    prompts = [sb.r2i_prompt(c) for c in captions]
+    if max_text_len is None:
+        max_text_len = max(len(p) for p in prompts) - 1 + text.gen_length + 1
+    if max(len(p) for p in prompts) - 1 >= max_text_len:
+        raise MMaDAError(f"an r2i prompt has {max(len(p) for p in prompts) - 1} text tokens; max_text_len="
+                         f"{max_text_len} leaves no room for the description")
+    ids, attn = left_pad(prompts, sp.eos)
+    out = generate_text(lm.model, ids.to(lm.device), text, attention_mask=attn.to(lm.device), mask_id=sp.mask,
+                        eos_id=sp.eos, eot_id=sp.eot, generator=text.generator(lm.device))[:, ids.shape[1]:].cpu()
+    answers = [row[: row.index(sp.eos)] if sp.eos in row else row for row in out.tolist()]
+    N = cfg.num_vq_tokens
+    cond = sb.r2i_from_ids(prompts, answers, num_image_tokens=N, max_text_len=max_text_len).to(lm.device)
+    uncond = sb.r2i_from_ids([[sp.r2i, sp.bos]] * len(captions), [[]] * len(captions), num_image_tokens=N,
+                             max_text_len=max_text_len).to(lm.device)
+    codes = generate_image(
+        lm.model, cond.input_ids, image, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
+        uncond_attention_mask=uncond.attention_mask, codebook_size=cfg.codebook_size,
+        image_offset=sp.image_offset, num_image_tokens=N, mask_id=sp.mask, generator=image.generator(lm.device),
+    )
+    decoded = [lm.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+    return R2IResult(decoded, [split_think(a)[0] or a for a in decoded], codes)

@@ -73,8 +73,14 @@ def forward_ref(sd: dict[str, torch.Tensor], input_ids: torch.Tensor, *, n_heads
 
 
 def llada_generate_ref(model, prompt, *, steps, gen_length, block_length, mask_id, cfg_scale=0.0,
-                       attention_mask=None):
-    """LLaDA's generate() at temperature 0: full-sequence logits and confidences, per-row top-k."""
+                       attention_mask=None, logits_eos_inf=False, confidence_eos_eot_inf=False, eos_id=None,
+                       eot_id=None):
+    """LLaDA's generate() at temperature 0: full-sequence logits and confidences, per-row top-k.
+
+    The EOS options as written there: ``logits[:, :, eos] = -inf`` before the argmax, and
+    ``logits_with_noise[:, :, eos] = logits[:, :, eot] = -inf`` after it; at temperature 0
+    ``logits_with_noise`` *is* ``logits``, so both entries are −inf in the confidence softmax.
+    """
     B, P = prompt.shape
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
     x[:, :P] = prompt
@@ -98,7 +104,13 @@ def llada_generate_ref(model, prompt, *, steps, gen_length, block_length, mask_i
                 logits = u + (cfg_scale + 1) * (c - u)
             else:
                 logits = model(x, attention_mask=am).logits
-            x0 = logits.argmax(-1)
+            logits = logits.clone()
+            if logits_eos_inf:
+                logits[:, :, eos_id] = -torch.inf
+            logits_with_noise = logits  # add_gumbel_noise(logits, 0) returns its input
+            x0 = logits_with_noise.argmax(-1)
+            if confidence_eos_eot_inf:
+                logits_with_noise[:, :, eos_id] = logits[:, :, eot_id] = -torch.inf
             p = torch.softmax(logits.double(), -1)
             x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
             x0_p[:, P + (b + 1) * block_length :] = -np.inf

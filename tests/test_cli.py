@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from mmada.cli import main
+from mmada.diffusion import generate_text
+from mmada.diffusion.settings import SamplerSettings
+from mmada.inference import load_checkpoint
 from mmada.models import MMaDAConfig, MMaDAModelLM
 from mmada.tokenization import load_text_tokenizer
 
@@ -58,3 +61,17 @@ def test_tokenizer_checkpoint_mismatch_is_reported(checkpoint, tmp_path, capsys)
     assert cfg["llm_vocab_size"] == 1024
     rc = main(["generate", str(tmp_path), "--prompt", "x"])
     assert rc == 2 and "llm_vocab_size is 1000" in capsys.readouterr().err
+
+
+def test_llada_eos_flags_reach_the_sampler(checkpoint, capsys):
+    """--logits-eos-inf / --confidence-eos-eot-inf are generated from SamplerSettings' fields."""
+    rc = main(["generate", str(checkpoint), "--prompt", "What is 2+3?", "--steps", "8", "--gen-length", "8",
+               "--block-length", "4", "--json", "--device", "cpu", "--logits-eos-inf", "--confidence-eos-eot-inf"])
+    assert rc == 0
+    assert isinstance(json.loads(capsys.readouterr().out)[0]["answer"], str)
+    lm = load_checkpoint(checkpoint, device="cpu")
+    batch = lm.builder.chat(["What is 2+3?"])
+    out = generate_text(lm.model, batch.input_ids, SamplerSettings(steps=8, gen_length=8, block_length=4,
+                                                                   logits_eos_inf=True),
+                        attention_mask=batch.attention_mask, eos_id=lm.builder.special.eos)
+    assert not (out[:, batch.input_ids.shape[1]:] == lm.builder.special.eos).any()

@@ -151,3 +151,57 @@ def test_image_sampler_keeps_given_tokens_and_checks_inputs(model):
     bad[0, 6] = 20  # a text token in an image slot
     with pytest.raises(SamplerError, match="outside"):
         generate_image(model, bad, IS(), codebook_size=16, image_offset=48, num_image_tokens=6)
+
+
+class TokenModel(torch.nn.Module):
+    """Position j predicts ``tokens[j]`` with logit ``scores[j]`` (all other logits 0), vocabulary of 8."""
+
+    def __init__(self, tokens, scores):
+        super().__init__()
+        self.tokens, self.scores = tokens, scores
+        self.config = SimpleNamespace(mask_token_id=8, eos_token_id=1)
+
+    def forward(self, x, attention_mask=None):
+        B, L = x.shape
+        logits = torch.zeros(B, L, 8, dtype=torch.float64)
+        for j in range(L):
+            logits[:, j, self.tokens[j]] = self.scores[j]
+        return SimpleNamespace(logits=logits)
+
+
+def test_llada_eos_options_match_the_official_generate():
+    """logits_eos_inf / confidence_eos_eot_inf as in ML-GSAI/LLaDA generate.py (EOS 1, EoT 2 here)."""
+    EOS, EOT = 1, 2
+    # generated positions 2..5 predict: token 3 (score 10), EOS (14), EoT (13), token 4 (11)
+    model = TokenModel([0, 0, 3, EOS, EOT, 4], [0, 0, 10.0, 14.0, 13.0, 11.0])
+    prompt = torch.tensor([[5, 6]])
+
+    def run(temperature=0.0, steps=4, **opts):
+        trace = []
+        s = S(steps=steps, gen_length=4, block_length=4, temperature=temperature, **opts)
+        out = generate_text(model, prompt, s, mask_id=8, eos_id=EOS, eot_id=EOT,
+                            generator=torch.Generator().manual_seed(0),
+                            on_step=lambda st: trace.append(st["transfer"][0].nonzero().flatten().tolist()))
+        return out, trace
+
+    plain, order = run()
+    assert plain.tolist() == [[5, 6, 3, EOS, EOT, 4]] and order == [[1], [2], [3], [0]]  # by confidence
+    # no EOS can be sampled: the EOS position takes the next best token (all 0: token 0)
+    no_eos, _ = run(logits_eos_inf=True)
+    assert no_eos.tolist() == [[5, 6, 3, 0, EOT, 4]]
+    # EOS/EoT predictions are committed last (two per step: no tie to break among them)
+    last, order = run(steps=2, confidence_eos_eot_inf=True)
+    assert last.tolist() == plain.tolist() and order == [[0, 3], [1, 2]]
+    for opts, steps in (({"logits_eos_inf": True}, 4), ({"confidence_eos_eot_inf": True}, 2),
+                        ({"logits_eos_inf": True, "confidence_eos_eot_inf": True}, 2)):
+        ours, _ = run(steps=steps, **opts)
+        ref = llada_generate_ref(model, prompt, steps=steps, gen_length=4, block_length=4, mask_id=8,
+                                 eos_id=EOS, eot_id=EOT, **opts)
+        assert torch.equal(ours, ref), opts
+    # temperature > 0: the official code drops EoT's confidence only (EOS still goes first)
+    hot, order = run(temperature=1.0, confidence_eos_eot_inf=True)
+    assert hot.tolist() == plain.tolist() and order == [[1], [3], [0], [2]]
+    assert run(temperature=1.0)[1] == [[1], [2], [3], [0]]
+    with pytest.raises(SamplerError, match="confidence_eos_eot_inf needs eot_id"):
+        generate_text(model, prompt, S(steps=4, gen_length=4, block_length=4, confidence_eos_eot_inf=True), mask_id=8)
+    assert "logits_eos_inf" in S(logits_eos_inf=True).describe()

@@ -71,3 +71,21 @@ def test_preset_override_and_unknown_preset():
 def test_bad_fields_are_named(override, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(").replace("+", r"\+")):
         MMaDAConfig.from_preset("tiny", **override)
+
+
+def test_overrides_on_a_checkpoint_config_leave_the_weights_alone():
+    released = MMaDAConfig.from_preset("8b", num_vq_tokens=256)  # a config.json that states 256 image tokens
+    fixed = released.with_overrides({"num_vq_tokens": 1024, "max_sequence_length": 8192})
+    assert fixed.num_vq_tokens == 1024 and fixed.max_sequence_length == 8192 and released.num_vq_tokens == 256
+    assert {k: v for k, v in fixed.to_dict().items() if k not in ("num_vq_tokens", "max_sequence_length")} == \
+        {k: v for k, v in released.to_dict().items() if k not in ("num_vq_tokens", "max_sequence_length")}
+    with pytest.raises(ConfigError, match=r"model.overrides.n_layers cannot be changed on an existing checkpoint"):
+        released.with_overrides({"n_layers": 2})
+    with pytest.raises(ConfigError, match=r"model.overrides.num_vq_tokens=1000 must be a positive square"):
+        released.with_overrides({"num_vq_tokens": 1000})
+    with pytest.raises(ConfigError, match=r"--x.num_vq_tokens='big' must be a non-negative integer"):
+        released.with_overrides({"num_vq_tokens": "big"}, where="--x")
+    with pytest.raises(ConfigError, match=r"model.overrides: config field mask_token_id=200000 must be a text token"):
+        released.with_overrides({"mask_token_id": 200000})
+    with pytest.raises(ConfigError, match=r"codebook_size=9000 exceeds vocab_size=134656"):
+        released.with_overrides({"codebook_size": 9000})

@@ -205,3 +205,67 @@ def test_reward_rises_on_a_learnable_task(tiny):
         rewards.append(reward_metrics(scored)["reward"])
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 0.3, (first, last)
+
+
+def test_d1_estimator_as_published_on_rollouts_with_eos_fill(tiny):
+    """d1: every generated position masked (EOS fill too), prompt tokens masked at p with the iteration's
+    seed, scored tokens = completion up to and including the first EOS, loss averaged over all scored
+    tokens of the batch; checked against a hand computation."""
+    from mmada.rl.grpo import ScoredRollout
+    from mmada.rl.rollout import Rollout, _text_masks
+
+    model, sb = tiny
+    model.eval()
+    E, M = sb.special.eos, sb.special.mask
+    P = 3
+    rows = [[30, 31, 32, 40, 41, E, E, E, E],        # answer of 2 tokens + EOS, then EOS fill
+            [30, 31, 32, 42, 43, 44, 45, 46, E],     # 5 tokens + EOS
+            [33, 34, 35, E, E, E, E, E, E],          # EOS at once
+            [33, 34, 35, 50, 51, 52, 53, 54, 55]]    # no EOS: all 6 generated tokens scored
+    seqs = torch.tensor(rows)
+    n_scored = [3, 6, 1, 6]
+    scored = torch.zeros_like(seqs, dtype=torch.bool)
+    for i, n in enumerate(n_scored):
+        scored[i, P:P + n] = True
+    generated = torch.zeros_like(scored)
+    generated[:, P:] = True
+    assert [torch.equal(a, b) for a, b in zip(_text_masks(seqs, P, E), (scored, generated & ~scored))] == [True] * 2
+    prompt = ~generated
+    r = Rollout("text", seqs, torch.ones_like(scored), prompt, scored, generated & ~scored, [""] * 4, [0, 0, 1, 1])
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2, scale=False)  # A = ±0.5
+    sr = ScoredRollout(r, torch.tensor([1.0, 0.0, 0.0, 1.0]), {}, adv)
+    cfg = GRPOConfig(num_generations=2, estimator="d1", p_mask_prompt=0.5, scale_rewards=False,
+                     reward_funcs=["format"], reward_weights={})
+    assert cfg.aggregation == "bnpo"
+    it = prepare_iterations(model, None, r, cfg, mask_id=M, generator=torch.Generator().manual_seed(5))[0]
+
+    # hand: d1's forward_process with the iteration's seed (drawn first from the run's generator)
+    seed = int(torch.randint(0, 2**12, (1,), generator=torch.Generator().manual_seed(5))[0])
+    noise = torch.rand(seqs.shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+    noisy = torch.where(generated | (noise & prompt), M, seqs)
+    assert torch.equal(it.noised.input_ids, noisy) and torch.equal(it.noised.masked, scored)
+    assert (it.noised.input_ids[:, P:] == M).all() and 0 < int((it.noised.input_ids[:, :P] == M).sum()) < 12
+
+    # a different policy than the one that drew the rollout (so ratios are not 1)
+    torch.manual_seed(1)
+    new = MMaDAModelLM(model.config).eval()
+    new.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()})
+    lp_old = torch.log_softmax(model(noisy).logits.double(), -1)
+    lp_new = torch.log_softmax(new(noisy).logits.double(), -1)
+    terms = [[], [], [], []]
+    for i in range(4):
+        a = float(adv.advantages[i])
+        for t in range(P, P + n_scored[i]):
+            ratio = math.exp(float(lp_new[i, t, seqs[i, t]] - lp_old[i, t, seqs[i, t]]))
+            terms[i].append(min(ratio * a, min(max(ratio, 0.8), 1.2) * a))
+    d1_loss = -sum(sum(t) for t in terms) / sum(n_scored)          # 16 scored tokens of the batch
+    per_completion = -sum(sum(t) / len(t) for t in terms) / 4
+    got = policy_loss(new, sr, it, cfg)
+    assert float(got.loss) == pytest.approx(d1_loss, rel=1e-4)
+    seq_cfg = cfg.model_copy(update={"loss_type": "grpo"})
+    assert float(policy_loss(new, sr, it, seq_cfg).loss) == pytest.approx(per_completion, rel=1e-4)
+    assert abs(d1_loss - per_completion) > 1e-3
+    # scoring the EOS fill too (the earlier behaviour) gives a different number
+    fill = torch.where(generated, 1.0, 0.0)
+    assert float(grpo_loss(per_token_logps(new, noisy, seqs), it.old_logp, adv.advantages, fill.bool(),
+                           loss_type="bnpo").loss) != pytest.approx(d1_loss, rel=1e-4)

@@ -1,5 +1,7 @@
 """Built-in tokenizer, special-token ids (ours and the official LLaDA ids) and sequence layouts."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -9,6 +11,7 @@ from mmada.errors import MMaDAError, VocabError
 from mmada.models import MMaDAConfig
 from mmada.models.configuration import BUILTIN_TOKEN_IDS
 from mmada.tokenization import (
+    CHAT_TEMPLATE,
     SPECIAL_TOKENS,
     SequenceBuilder,
     SpecialTokenIds,
@@ -18,6 +21,7 @@ from mmada.tokenization import (
     train_bpe_tokenizer,
 )
 from mmada.tokenization.special import OFFICIAL_IDS
+from tests.llada_layout import SHIPPED_TEMPLATE, llada_tokenizer_dir
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +78,88 @@ def _llada_like_tokenizer(size: int) -> PreTrainedTokenizerFast:
 
 
 def test_official_ids_resolved_for_llada_tokenizer():
-    sp = SpecialTokenIds.from_tokenizer(_llada_like_tokenizer(126464))
+    sp = SpecialTokenIds.from_tokenizer(_llada_like_tokenizer(126349))
     off = SpecialTokenIds.official()
     assert sp.soi == off.soi == 126084 and sp.r2i == 126094 and sp.ipad == 126093 and sp.t2i == 126088
-    assert sp.mask == 126336 and sp.eos == 126081 and sp.image_offset == 126464
+    assert sp.mask == 126336 and sp.eos == 126081 and sp.image_offset == off.image_offset == 126349
     assert sp.start_header == 126346 and sp.end_header == 126347
-    with pytest.raises(VocabError, match="126400 tokens, expected 126464"):
-        SpecialTokenIds.from_tokenizer(_llada_like_tokenizer(126400))
+    # the offset is the tokenizer's length whatever it is (a tokenizer with added tokens moves it)
+    assert SpecialTokenIds.from_tokenizer(_llada_like_tokenizer(126400)).image_offset == 126400
+
+
+def test_llada_tokenizer_from_a_saved_directory(tmp_path):
+    """The LLaDA layout, saved and loaded like a checkpoint's tokenizer: offset 126349, 8B config accepted."""
+    tok = load_text_tokenizer(str(llada_tokenizer_dir(tmp_path / "llada-tok")))
+    assert len(tok) == 126349 and tok.convert_ids_to_tokens(126348) == "<|eot_id|>"
+    sp = SpecialTokenIds.from_tokenizer(tok)
+    assert sp.image_offset == 126349
+    assert (sp.bos, sp.eos, sp.mask, sp.eot, sp.soi, sp.eoi, sp.t2i, sp.mmu, sp.ipad, sp.r2i) == (
+        126080, 126081, 126336, 126348, 126084, 126085, 126088, 126089, 126093, 126094)
+    cfg8b = MMaDAConfig.from_preset("8b")
+    assert (cfg8b.llm_vocab_size, cfg8b.codebook_size, cfg8b.vocab_size) == (126464, 8192, 134656)
+    check_vocab(sp, cfg8b)  # 126349 <= 126464 and 126349 + 8192 <= 134656
+    sb = SequenceBuilder(tok)
+    codes = torch.tensor([[0, 7, 115, 8191]])
+    t2i = sb.t2i(["a red circle"], codes, max_text_len=16)
+    assert t2i.input_ids[0, t2i.image_mask[0]].tolist() == [126349, 126356, 126464, 134540]
+    assert t2i.input_ids[0, -1].item() == 126085 and t2i.input_ids[0, 17].item() == 126084  # <|eoi|>, <|soi|>
+    mmu = sb.mmu(codes, ["What color?"], ["red"], max_text_len=40)
+    assert mmu.input_ids[0, :7].tolist() == [126089, 126084, 126349, 126356, 126464, 134540, 126085]
+    # the text part decodes back, and no text id reaches the image range
+    text = mmu.input_ids[0, 7:]
+    assert int(text.max()) < 126349 and "What color?" in tok.decode(text)
+
+
+def test_official_chat_template_replaces_the_shipped_one(tmp_path):
+    """Inference, rollouts, evaluation (tokenizer.apply_chat_template via SequenceBuilder) and SFT
+    rendering (curation: mmada.data.templates.render) give the same ids, in the official format."""
+    from mmada.data.schema import Message
+    from mmada.data.specs import TemplateSpec
+    from mmada.data.templates import render
+
+    tok_dir = llada_tokenizer_dir(tmp_path / "llada-tok")
+    raw = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    assert raw.chat_template == SHIPPED_TEMPLATE  # what the tokenizer ships (blank line after headers)
+    tok = load_text_tokenizer(str(tok_dir))
+    assert tok.chat_template == CHAT_TEMPLATE
+    sb = SequenceBuilder(tok)
+    messages = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "  What is 2+3?\n"}]
+    expected = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\nBe brief.<|eot_id|>"
+                "<|start_header_id|>user<|end_header_id|>\nWhat is 2+3?<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n")
+    ids = sb.chat_prompt(messages)
+    assert tok.decode(ids) == expected
+    assert ids[:2] == [126080, 126346] and ids[-2:] == [126347, sb.encode("\n")[0]]
+    prompt, response = render([Message(**m) for m in messages] + [Message(role="assistant", content="5")],
+                              TemplateSpec())
+    assert prompt == expected and response == "5<|eot_id|>"
+    assert sb.encode_rendered(prompt) == ids
+    # the template the official generate.py/app.py install, rendered with the same jinja settings
+    official = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n'+ message['content'] | trim + "
+                "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n' }}")
+    raw.chat_template = official
+    assert raw.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
+
+
+def test_check_vocab_bounds_the_offset():
+    sp = SpecialTokenIds.official()
+    with pytest.raises(VocabError, match="126349 tokens but the checkpoint's llm_vocab_size is 126340"):
+        check_vocab(sp, MMaDAConfig.from_preset("8b", llm_vocab_size=126340))
+    # (a validated MMaDAConfig already keeps llm_vocab_size + codebook_size within vocab_size)
+    raw = SimpleNamespace(llm_vocab_size=126464, mask_token_id=126336, codebook_size=8192, vocab_size=134500)
+    with pytest.raises(VocabError, match=r"image offset 126349 \+ codebook_size 8192 exceeds the checkpoint vocab_size 134500"):
+        check_vocab(sp, raw)
 
 
 def test_layouts_with_official_ids():
-    tok = _llada_like_tokenizer(126464)
+    tok = _llada_like_tokenizer(126349)
     sb = SequenceBuilder(tok)
     o = OFFICIAL_IDS
     b = sb.t2i(["hello"], torch.tensor([[0, 7, 8191]]), max_text_len=5)
     expected = [o["[iPAD]"], o["[iPAD]"], o["<|t2i|>"], o["<|startoftext|>"], 5, o["<|endoftext|>"], o["<|soi|>"],
-                126464, 126471, 134655, o["<|eoi|>"]]
+                126349, 126356, 134540, o["<|eoi|>"]]
     assert b.input_ids[0].tolist() == expected
     assert b.attention_mask[0].tolist() == [False, False] + [True] * 9
     assert b.image_mask[0].tolist() == [False] * 7 + [True] * 3 + [False]
@@ -100,7 +170,9 @@ def test_layouts_with_official_ids():
 
 def test_check_vocab_mismatch_names_values(tok):
     sp = SpecialTokenIds.from_tokenizer(tok)
-    with pytest.raises(VocabError, match="1024 tokens but the checkpoint's llm_vocab_size is 126464"):
+    with pytest.raises(VocabError, match="1024 tokens but the checkpoint's llm_vocab_size is 1000"):
+        check_vocab(sp, MMaDAConfig.from_preset("tiny", llm_vocab_size=1000, vocab_size=2048))
+    with pytest.raises(VocabError, match="mask token id 2 != checkpoint mask_token_id 126336"):
         check_vocab(sp, MMaDAConfig.from_preset("8b"))
     with pytest.raises(VocabError, match="mask token id 2 != checkpoint mask_token_id 7"):
         check_vocab(sp, MMaDAConfig.from_preset("tiny", mask_token_id=7))

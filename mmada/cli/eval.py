@@ -20,7 +20,12 @@ import argparse
 from pathlib import Path
 
 from mmada.cli._args import int_at_least
-from mmada.cli._sampler_args import add_sampler_args, given_sampler_fields, sampler_from_args
+from mmada.cli._sampler_args import (
+    add_sampler_args,
+    given_sampler_fields,
+    parse_config_overrides,
+    sampler_from_args,
+)
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.report import ModelRef
@@ -55,6 +60,8 @@ def _add_model(p: argparse.ArgumentParser, *, text: bool = True, image: bool = F
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default=None, choices=["bf16", "fp32"])
     g.add_argument("--batch-size", type=int_at_least(1), default=8)
+    g.add_argument("--config-override", action="append", metavar="FIELD=VALUE",
+                   help="change a config field that leaves the weights alone, e.g. num_vq_tokens=1024 (repeatable)")
     if image:
         g.add_argument("--image-tokenizer", default="palette",
                        help="'palette' (the built-in world's fixed quantiser) or a MAGVIT-v2 dir")
@@ -74,7 +81,8 @@ def _sampler(args, cls, **defaults):
 
 def _model(args) -> EvalModel:
     return EvalModel(checkpoint=args.checkpoint, tokenizer=args.tokenizer, version=args.model_version,
-                     device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+                     device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                     overrides=parse_config_overrides(getattr(args, "config_override", None)))
 
 
 def _outputs(args) -> EvalOutputs:
@@ -144,7 +152,7 @@ def _t2i(args) -> int:
         checker=args.checker, model=_model(args), sampler=_sampler(args, ImageSamplerSettings), out=_outputs(args),
         images=args.images, data=args.data, n=args.n, data_seed=args.data_seed,
         image_tokenizer=args.image_tokenizer, clip_model=args.clip_model, fashion_root=args.fashion_root,
-        cache_dir=args.cache_dir))
+        cache_dir=args.cache_dir, think=sampler_from_args(SamplerSettings, args, prefix="think-") if args.think else None))
 
 
 def _recon(args) -> int:
@@ -233,7 +241,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", default=None, help="local CLIPModel directory (for --checker clip)")
     p.add_argument("--fashion-root", default=None, help="Fashion-MNIST IDX directory (for --checker fashion)")
     p.add_argument("--cache-dir", default=None, help="classifier cache (default ~/.cache/mmada/eval)")
+    p.add_argument("--think", action="store_true",
+                   help="reasoning to image (<|r2i|>): a detailed description first (flags --think-*), then the image")
     _add_model(p, text=False, image=True)
+    add_sampler_args(p, SamplerSettings, "reasoning sampler (--think)", prefix="think-")
     _add_output(p)
     p.set_defaults(func=_t2i)
 

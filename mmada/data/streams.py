@@ -12,7 +12,9 @@ from pydantic import Field
 
 from mmada.config import Strict
 
-Task = Literal["t2i", "lm", "mmu", "chat"]
+# r2i (reasoning to image) is a UniGRPO prompt stream (captions); the stages' STAGE_TASKS say which
+# stage reads which task.
+Task = Literal["t2i", "lm", "mmu", "chat", "r2i"]
 
 
 class StreamSpec(Strict):

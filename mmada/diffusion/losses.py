@@ -3,8 +3,12 @@
 Sources: Gen-Verse/MMaDA models/modeling_mmada.py, ML-GSAI/LLaDA GUIDELINES.md; summary in docs/model.md.
 
     lm    Σ_masked CE/p / (B·L)                       text pretraining, nothing is prompt
-    sft   mean_rows[ Σ_masked CE/p / answer_len ]     chat/CoT and mmu rows, prompt kept clean
+    sft   mean_rows[ Σ_masked CE/p / answer_len ]     chat/CoT, mmu and r2i rows, prompt kept clean
     t2i   mean_masked CE                              images: no 1/t weighting
+
+r2i rows (reasoning, then the image) are noised and weighted like chat rows over everything after
+the prompt, the ``<think>`` trace, its EOS fill and the image tokens alike, as the official
+``MMadaModelLM.forward_process_with_r2i`` does (``loss_r2i``: CE/p over masked tokens / answer length).
 
 ``unified_loss`` noises a mixed batch (t2i / lm / mmu / chat rows), runs ONE forward pass over
 the concatenation and returns the coefficient-weighted total plus per-task losses and
@@ -26,7 +30,7 @@ from mmada.diffusion.masking import mask_image, mask_text
 from mmada.errors import ConfigError
 from mmada.tokenization.layouts import SequenceBatch
 
-TASKS = ("t2i", "lm", "mmu", "chat")
+TASKS = ("t2i", "lm", "mmu", "chat", "r2i")
 
 
 def _token_ce(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -101,7 +105,7 @@ def unified_loss(
     Args:
         model: returns ``.logits`` (B, L, V) for ``model(input_ids, attention_mask=…)``.
         batches: clean rows per task: ``t2i`` (image slots in ``image_mask``), ``lm`` (no prompt),
-            ``mmu`` and ``chat`` (prompt rows, SFT normalisation).
+            ``mmu``, ``chat`` and ``r2i`` (prompt rows, SFT normalisation).
         coeffs: loss coefficient per task (default 1.0), e.g. ``{"t2i": 1, "lm": 0.1, "mmu": 1}``.
     """
     coeffs = dict(coeffs or {})
@@ -125,7 +129,7 @@ def unified_loss(
             m[b.image_mask] = m_img.reshape(-1)
             noisy[k], masks[k], probs[k] = x, m, None
         else:
-            prompt = b.prompt_mask if k in ("mmu", "chat") else None
+            prompt = b.prompt_mask if k in ("mmu", "chat", "r2i") else None
             noisy[k], masks[k], probs[k] = mask_text(
                 b.input_ids, mask_id=mask_id, prompt_mask=prompt, eps=eps, generator=generator
             )

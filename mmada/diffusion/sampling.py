@@ -26,6 +26,14 @@ the plain samplers above, token for token:
 * ``threshold=τ`` / ``factor=f`` — confidence-aware parallel decoding
   (``mmada.diffusion.parallel``): a step commits every token the rule accepts, at least one and at
   least the fixed schedule's count, and a block ends as soon as it has no masks left.
+LLaDA's EOS options (ML-GSAI/LLaDA generate.py, LLaDA paper Appendix B.4), also off by default:
+``logits_eos_inf`` sets EOS's logit to −inf before sampling (no EOS is ever generated);
+``confidence_eos_eot_inf`` computes the low-confidence scores from logits whose EOS and EoT entries
+are −inf, so a position predicted as EOS/EoT has confidence 0 and is committed last. At temperature
+> 0 the official code applies that to EoT only (its chained assignment writes EOS's −inf into the
+Gumbel-noised copy, after the argmax); this sampler does the same, so the options are token-identical
+to the reference.
+
 * ``stop_at_eos=True`` — a row whose just-finished block ends with ``eos_id`` (default
   ``model.config.eos_token_id``) is complete: its remaining positions become EOS (the fill the
   model is trained to produce) and are never decoded; sampling stops when every row is complete
@@ -135,13 +143,15 @@ def generate_text(
     generator: torch.Generator | None = None,
     on_step: StepCallback | None = None,
     eos_id: int | None = None,
+    eot_id: int | None = None,
 ) -> torch.Tensor:
     """Generate ``settings.gen_length`` tokens after ``prompt_ids`` (B, P); returns (B, P + gen_length).
 
     Batches are left-padded: pass the (B, P) ``attention_mask`` (False on padding). ``on_step``
     receives ``{"block", "step", "x", "transfer", "forwards", "tokens"}`` after every step (x is a
     copy; forwards/tokens count the model work so far). ``eos_id`` (default
-    ``model.config.eos_token_id``) is the EOS of ``settings.stop_at_eos``.
+    ``model.config.eos_token_id``) is the EOS of ``settings.stop_at_eos`` / ``logits_eos_inf`` /
+    ``confidence_eos_eot_inf``; ``eot_id`` (``<|eot_id|>``) is needed by the latter.
 
     Fast sampling (module docstring) is selected by the settings: ``cache``, ``prompt_cache``,
     ``threshold`` or ``factor``, ``stop_at_eos``. Their defaults give the plain sampler.
@@ -153,7 +163,14 @@ def generate_text(
     gen_length, block_length, threshold, factor = s.gen_length, s.block_length, s.threshold, s.factor
     stop_at_eos, remasking, cfg_scale, temperature = s.stop_at_eos, s.remasking, s.cfg_scale, s.temperature
     num_blocks = gen_length // block_length
-    eos = _eos_id(model, eos_id) if stop_at_eos else None
+    logits_eos_inf = s.logits_eos_inf
+    eos = _eos_id(model, eos_id) if stop_at_eos or logits_eos_inf or s.confidence_eos_eot_inf else None
+    # ids whose logits are −inf when computing confidences (official quirk: EoT only at temperature > 0)
+    no_conf = None
+    if s.confidence_eos_eot_inf:
+        if eot_id is None:
+            raise SamplerError("confidence_eos_eot_inf needs eot_id (the tokenizer's <|eot_id|>)")
+        no_conf = torch.tensor([int(eot_id)] if temperature > 0 else [eos, int(eot_id)], device=prompt_ids.device)
     dynamic = threshold is not None or factor is not None
     steps_per_block = s.steps // num_blocks
     B, P = prompt_ids.shape
@@ -186,9 +203,12 @@ def generate_text(
             # Only the current block can be committed: positions after it get confidence −inf and
             # positions before it are already decoded, so the work is restricted to the block.
             # blk: (B, block, V)
+            if logits_eos_inf:
+                blk = blk.index_fill(-1, torch.tensor([eos], device=dev), -math.inf)
             x0 = add_gumbel_noise(blk, temperature, generator).argmax(dim=-1)  # (B, block)
             if remasking == "low_confidence":
-                p = torch.softmax(blk.to(torch.float64), dim=-1)
+                conf_logits = blk if no_conf is None else blk.index_fill(-1, no_conf, -math.inf)
+                p = torch.softmax(conf_logits.to(torch.float64), dim=-1)
                 conf = torch.gather(p, -1, x0[..., None]).squeeze(-1)
             else:
                 conf = torch.rand(x0.shape, generator=generator, device=dev, dtype=torch.float64)

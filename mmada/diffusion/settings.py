@@ -71,6 +71,11 @@ class SamplerSettings(_Settings):
     """Factor-based parallel decoding (``(n+1)(1−c_n) < factor``); exclusive with ``threshold``."""
     stop_at_eos: bool = False
     """Finish a row once a block ends with EOS (rest filled with EOS); stop when all rows are done."""
+    logits_eos_inf: bool = False
+    """LLaDA generate.py: EOS is never sampled (its logit is −inf), so answers use all of gen_length."""
+    confidence_eos_eot_inf: bool = False
+    """LLaDA generate.py: predicted EOS/EoT get confidence 0, so they are committed last (at temperature
+    > 0 the official code drops only EoT's; reproduced)."""
     seed: int = 0
     """Seed of :meth:`generator` (the CLI, evaluation); rollouts draw from the run's own generator."""
 
@@ -100,6 +105,10 @@ class SamplerSettings(_Settings):
             parts.append(f"factor={self.factor:g}")
         if self.stop_at_eos:
             parts.append("stop_at_eos")
+        if self.logits_eos_inf:
+            parts.append("logits_eos_inf")
+        if self.confidence_eos_eot_inf:
+            parts.append("confidence_eos_eot_inf")
         if self.temperature:
             parts.append(f"T={self.temperature:g}")
         return " ".join(parts)

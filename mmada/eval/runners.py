@@ -42,7 +42,7 @@ from mmada.eval.clip_score import CLIPScorer
 from mmada.eval.mmu import pope_evaluate, qa_accuracy
 from mmada.eval.report import EvalReport, ModelRef, flatten_metrics
 from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
-from mmada.inference import generate_answers, generate_image_codes
+from mmada.inference import generate_answers, generate_image_codes, generate_r2i
 from mmada.models.vq import MAGVITv2
 
 GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")  # lm-eval gsm8k ``until``
@@ -372,7 +372,7 @@ def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions:
         batch = lm.builder.mmu(codes, list(questions[i : i + batch_size])).to(lm.device)
         ids = generate_text(
             lm.model, batch.input_ids, sampler, attention_mask=batch.attention_mask, mask_id=sp.mask,
-            eos_id=sp.eos, generator=_batch_seed(sampler, i).generator(lm.device), on_step=on_step,
+            eos_id=sp.eos, eot_id=sp.eot, generator=_batch_seed(sampler, i).generator(lm.device), on_step=on_step,
         )[:, batch.input_ids.shape[1] :]
         for row in ids.tolist():
             for stop in (sp.eos, sp.eot):
@@ -432,11 +432,23 @@ def evaluate_pope(questions: Sequence[Mapping], answers: Sequence[Mapping] | Non
 
 
 def generate_images(lm, codec: ImageCodec, captions: Sequence[str], sampler: ImageSamplerSettings,
-                    *, batch_size: int = 8) -> list[Image.Image]:
-    """Captions → images: MaskGIT decoding of image tokens (``generate_image_codes``) → codec decode."""
+                    *, batch_size: int = 8, think: SamplerSettings | None = None,
+                    traces: list[str] | None = None) -> list[Image.Image]:
+    """Captions → images: MaskGIT decoding of image tokens (``generate_image_codes``) → codec decode.
+
+    ``think``: reasoning to image (``generate_r2i``): a detailed description is written first with these
+    text-sampler settings and the image is drawn from it; the descriptions are appended to ``traces``.
+    """
     out: list[Image.Image] = []
     for i in range(0, len(captions), batch_size):
-        codes = generate_image_codes(lm, list(captions[i : i + batch_size]), _batch_seed(sampler, i))
+        batch = list(captions[i : i + batch_size])
+        if think is None:
+            codes = generate_image_codes(lm, batch, _batch_seed(sampler, i))
+        else:
+            res = generate_r2i(lm, batch, _batch_seed(think, i), _batch_seed(sampler, i))
+            codes = res.codes
+            if traces is not None:
+                traces.extend(res.traces)
         out.extend(codec.decode(codes))
     return out
 

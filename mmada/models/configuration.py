@@ -16,6 +16,7 @@ Named presets (``MMaDAConfig.from_preset(name)``):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -48,6 +49,19 @@ _SUPPORTED = {
     "weight_tying": {False},
 }
 
+# Fields a checkpoint's config may change without touching its weights: image tokens per image
+# (a released config.json may say 256 where 512 px images need 1024), the RoPE cache length and the
+# special ids the samplers and losses use. Everything else decides the weights' shapes or meaning.
+CHECKPOINT_OVERRIDES: dict[str, str] = {
+    "num_vq_tokens": "image tokens per image, a square grid (MAGVIT-v2: 256 at 256 px, 1024 at 512 px)",
+    "max_sequence_length": "RoPE cache length (grows on demand; no weights)",
+    "mask_token_id": "the diffusion mask token",
+    "bos_token_id": "text start token",
+    "eos_token_id": "text end / padding token",
+    "pad_token_id": "padding token",
+    "codebook_size": "image codes in the vocabulary (within vocab_size)",
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, mlp_hidden_size=688,
@@ -78,8 +92,9 @@ class MMaDAConfig(PretrainedConfig):
     """Configuration of :class:`~mmada.models.MMaDAModelLM`.
 
     Field names follow the official ``config.json`` (LLaDA/OLMo naming) so official checkpoints
-    load unchanged. The unified vocabulary is ``[text tokens (llm_vocab_size) | image codes
-    (codebook_size)]``: image code ``c`` has token id ``llm_vocab_size + c``.
+    load unchanged. The unified vocabulary is ``[text tokens | image codes (codebook_size)]``: image
+    code ``c`` has token id ``len(text tokenizer) + c``; ``llm_vocab_size`` (LLaDA: 126464, its padded
+    embedding size) bounds the tokenizer's length (LLaDA's is 126349, the released checkpoints' offset).
     """
 
     model_type = "mmada"
@@ -177,7 +192,11 @@ class MMaDAConfig(PretrainedConfig):
 
     @property
     def image_token_offset(self) -> int:
-        """Token id of image code 0 (``llm_vocab_size``, i.e. ``len(text tokenizer)``)."""
+        """The largest possible id of image code 0 (``llm_vocab_size``).
+
+        The actual offset is ``len(text tokenizer)`` (``SpecialTokenIds.image_offset``; 126349 for
+        the LLaDA tokenizer), equal to this only when the tokenizer fills every text row (ours do).
+        """
         return self.llm_vocab_size
 
     # HF-style aliases used by generic tooling (Trainer, FSDP wrap helpers, lm-eval …).
@@ -199,6 +218,27 @@ class MMaDAConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    def with_overrides(self, overrides: dict[str, Any], *, where: str = "model.overrides") -> MMaDAConfig:
+        """A copy with ``overrides`` (only :data:`CHECKPOINT_OVERRIDES` fields) applied and validated.
+
+        Errors name the field as ``<where>.<field>``.
+        """
+        for name, value in overrides.items():
+            if name not in CHECKPOINT_OVERRIDES:
+                raise ConfigError(
+                    f"{where}.{name} cannot be changed on an existing checkpoint (it decides its weights); "
+                    f"allowed: {', '.join(sorted(CHECKPOINT_OVERRIDES))}"
+                )
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}.{name}={value!r} must be a non-negative integer")
+        n = overrides.get("num_vq_tokens")
+        if n is not None and (n <= 0 or math.isqrt(n) ** 2 != n):
+            raise ConfigError(f"{where}.num_vq_tokens={n} must be a positive square (the image is a square grid)")
+        try:
+            return type(self).from_dict({**self.to_dict(), **overrides})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     def num_parameters_estimate(self) -> int:
         """Parameter count implied by the config (no model instantiation needed)."""

@@ -372,8 +372,30 @@ class MMaDAModelLM(PreTrainedModel):
         )
         return MaskedLMOutput(logits=logits, hidden_states=hidden)
 
-    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs):
-        """Grow the vocabulary (e.g. LLaDA's 126464 → MMaDA's 134656 = + 8192 image codes)."""
-        emb = super().resize_token_embeddings(new_num_tokens, *args, **kwargs)
-        self.config.embedding_size = self.config.vocab_size = emb.weight.shape[0]
-        return emb
+    @torch.no_grad()
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, *args, **kwargs) -> nn.Embedding:
+        """Grow the vocabulary (e.g. LLaDA's 126464 → MMaDA's 134656 = + 8192 image codes).
+
+        The new rows of the embedding and of the (untied) head are the mean of the old rows, as the
+        official stage 1 got them: Gen-Verse/MMaDA training/train_mmada.py calls HF's
+        ``resize_token_embeddings`` under its pinned transformers 4.46.0, whose mean resizing samples
+        from N(mean, 1e-9·cov) only if ``torch.linalg.eigvals(cov)`` is not complex — it always is, so
+        every new row is the mean. (Later transformers sample; this keeps the official, deterministic
+        rows.) Only growing is supported.
+        """
+        wte, head = self.get_input_embeddings(), self.get_output_embeddings()
+        if new_num_tokens is None:
+            return wte
+        n_old, d = wte.weight.shape
+        if new_num_tokens < n_old:
+            raise ConfigError(f"resize_token_embeddings: {new_num_tokens} < the current {n_old} rows; only growing")
+        new_wte = nn.Embedding(new_num_tokens, d, device=wte.weight.device, dtype=wte.weight.dtype)
+        new_head = nn.Linear(d, new_num_tokens, bias=False, device=head.weight.device, dtype=head.weight.dtype)
+        for new, old in ((new_wte, wte), (new_head, head)):
+            new.weight[:n_old] = old.weight
+            new.weight[n_old:] = old.weight.float().mean(dim=0).to(old.weight.dtype)  # (d,) broadcast
+            new.weight.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new_wte)
+        self.set_output_embeddings(new_head)
+        self.config.embedding_size = self.config.vocab_size = new_num_tokens
+        return new_wte

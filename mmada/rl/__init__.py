@@ -16,7 +16,7 @@ from mmada.rl.grpo import (
 from mmada.rl.loss import GRPOLossOutput, grpo_loss, per_token_logps
 from mmada.rl.noising import NoisedBatch, d1_mask, unigrpo_mask
 from mmada.rl.rewards import REWARDS, combine_rewards, register_reward, resolve_reward
-from mmada.rl.rollout import Rollout, rollout_t2i, rollout_text
+from mmada.rl.rollout import Rollout, rollout_r2i, rollout_t2i, rollout_text
 
 __all__ = [
     "REWARDS",
@@ -37,6 +37,7 @@ __all__ = [
     "register_reward",
     "resolve_reward",
     "reward_metrics",
+    "rollout_r2i",
     "rollout_t2i",
     "rollout_text",
     "score_rollout",

@@ -50,6 +50,10 @@ class GRPOConfig(Strict):
     estimator: Literal["unigrpo", "d1"] = Field("unigrpo", description="log-likelihood estimator")
     mask_ratio_range: tuple[float, float] = Field((0.0, 1.0), description="UniGRPO: per-completion mask ratio range")
     p_mask_prompt: float = Field(0.15, ge=0.0, le=1.0, description="d1: prompt-token mask probability")
+    loss_type: Literal["grpo", "bnpo"] | None = Field(
+        None, description="how token terms are averaged (TRL's names): 'grpo' = per completion, then over "
+        "completions (UniGRPO); 'bnpo' = over all scored tokens of the batch (d1's compute_loss). "
+        "Default: the estimator's own ('unigrpo' → grpo, 'd1' → bnpo)")
     think: bool = Field(True, description="add the <think> instruction to text prompts")
     sampler: SamplerSettings = Field(
         default_factory=lambda: SamplerSettings(temperature=1.0),
@@ -71,6 +75,11 @@ class GRPOConfig(Strict):
         for name in names:
             resolve_reward(name)  # unknown or not allowed names fail at config time, naming the function
         return names
+
+    @property
+    def aggregation(self) -> Literal["grpo", "bnpo"]:
+        """The effective ``loss_type``."""
+        return self.loss_type or ("bnpo" if self.estimator == "d1" else "grpo")
 
 
 @dataclass
@@ -105,7 +114,7 @@ def score_rollout(rollout: Rollout, cfg: GRPOConfig, prompts: list, columns: dic
 
 def _noise(rollout: Rollout, cfg: GRPOConfig, mask_id: int, mu: int, generator, seeds) -> NoisedBatch:
     if cfg.estimator == "d1":
-        return d1_mask(rollout.sequences, rollout.completion_mask | rollout.tail_mask, rollout.prompt_mask,
+        return d1_mask(rollout.sequences, rollout.completion_mask, rollout.prompt_mask, tail_mask=rollout.tail_mask,
                        mask_id=mask_id, p_mask_prompt=cfg.p_mask_prompt, seed=int(seeds[mu]))
     nb = unigrpo_mask(rollout.sequences, rollout.completion_mask, mask_id=mask_id,
                       ratio_range=tuple(cfg.mask_ratio_range), generator=generator)
@@ -135,7 +144,8 @@ def policy_loss(policy, scored: ScoredRollout, it: Iteration, cfg: GRPOConfig) -
     logp = per_token_logps(policy, it.noised.input_ids, r.sequences, attention_mask=r.attention_mask,
                            vocab_slice=r.vocab_slice)
     return grpo_loss(logp, it.old_logp, scored.advantages.advantages.to(logp.device), it.noised.masked,
-                     epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logp=it.ref_logp)
+                     epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logp=it.ref_logp,
+                     loss_type=cfg.aggregation)
 
 
 def reward_metrics(scored: ScoredRollout) -> dict[str, float]:

@@ -5,7 +5,11 @@ For completion ``i`` and its masked positions ``M_i`` (one noising draw shared b
     r_it  = exp(log π_θ(o_it | x_i) − log π_old(o_it | x_i))
     J_i   = (1/|M_i|) Σ_{t∈M_i} [ min(r_it A_i, clip(r_it, 1−ε_low, 1+ε_high) A_i) − β·KL_it ]
     KL_it = exp(s) − s − 1,  s = log π_ref − log π_θ          (k3 estimator, ≥ 0)
-    loss  = −mean_i J_i
+    loss  = −mean_i J_i                                              (loss_type "grpo", UniGRPO)
+    loss  = −Σ_i Σ_{t∈M_i} [ … ] / Σ_i |M_i|                          (loss_type "bnpo", d1)
+
+d1 (dllm-reasoning/d1 diffu_grpo_trainer.py: compute_loss) averages over every scored token of the
+batch, so a long completion weighs more than a short one; TRL calls that "bnpo".
 
 With π_θ = π_old = π_ref (the first inner step of an iteration) the ratio is exactly 1 and the
 KL exactly 0, so the loss is ``−mean_i A_i``.
@@ -14,6 +18,7 @@ KL exactly 0, so the loss is ``−mean_i A_i``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -58,8 +63,9 @@ def grpo_loss(
     epsilon_high: float | None = None,
     beta: float = 0.0,
     ref_logp: torch.Tensor | None = None,
+    loss_type: Literal["grpo", "bnpo"] = "grpo",
 ) -> GRPOLossOutput:
-    """The clipped surrogate averaged over masked tokens per completion, minus β·KL (see module doc).
+    """The clipped surrogate minus β·KL over the masked tokens, averaged per ``loss_type`` (module doc).
 
     Args:
         logp, old_logp, ref_logp: (N, L) per-token log-probs (only ``masked`` positions are used).
@@ -81,8 +87,12 @@ def grpo_loss(
         s = ref_logp.detach() - logp
         kl = torch.exp(s) - s - 1
         per_tok = per_tok - beta * kl
-    per_completion = (per_tok * m).sum(dim=1) / n_tok
-    loss = -per_completion.mean()
+    if loss_type == "grpo":
+        loss = -((per_tok * m).sum(dim=1) / n_tok).mean()
+    elif loss_type == "bnpo":
+        loss = -(per_tok * m).sum() / m.sum().clamp(min=1.0)
+    else:
+        raise ConfigError(f"loss_type={loss_type!r}; expected 'grpo' or 'bnpo'")
     with torch.no_grad():
         total = m.sum().clamp(min=1.0)
         low = ((ratio < 1 - eps_low) & (adv < 0)).float() * m

@@ -7,8 +7,10 @@ iteration, so their ratio compares like with like. ``lo, hi = 0, 1`` is the pape
 range; dLLM-RL uses ``[0.1, 0.9]``.
 
 d1's diffu-GRPO (arXiv 2504.12216; dllm-reasoning/d1 diffu-grpo/diffu_grpo_trainer.py:
-forward_process): the completion is masked *entirely* and prompt tokens are masked with
-``p_mask_prompt = 0.15``, drawn from a fixed seed per inner iteration.
+forward_process): every generated position (the EOS fill included) is masked and prompt tokens are
+masked with ``p_mask_prompt = 0.15``, drawn from a fixed seed per inner iteration; the scored tokens
+are the completion up to and including its first EOS (``_generate_and_score_completions``:
+``completion_mask = sequence_indices <= eos_idx``), not the fill.
 """
 
 from __future__ import annotations
@@ -65,12 +67,19 @@ def d1_mask(
     mask_id: int,
     p_mask_prompt: float = 0.15,
     seed: int = 42,
+    tail_mask: torch.Tensor | None = None,
 ) -> NoisedBatch:
-    """diffu-GRPO: completion fully masked, prompt tokens masked with ``p_mask_prompt`` (seeded)."""
+    """diffu-GRPO: every generated position masked, prompt tokens masked with ``p_mask_prompt`` (seeded).
+
+    Args:
+        completion_mask: (N, L) bool, the scored completion tokens (up to and including the first EOS).
+        tail_mask: (N, L) bool, the EOS fill after them: masked in the input too, never scored.
+    """
     if not 0.0 <= p_mask_prompt <= 1.0:
         raise ConfigError(f"p_mask_prompt={p_mask_prompt} must be within [0, 1]")
     g = torch.Generator(device=sequences.device).manual_seed(int(seed))
     prompt_noise = (torch.rand(sequences.shape, generator=g, device=sequences.device) < p_mask_prompt) & prompt_mask
-    noisy = torch.where(completion_mask | prompt_noise, mask_id, sequences)
+    generated = completion_mask if tail_mask is None else completion_mask | tail_mask
+    noisy = torch.where(generated | prompt_noise, mask_id, sequences)
     ratio = torch.ones(sequences.shape[0], device=sequences.device)
     return NoisedBatch(noisy, completion_mask.clone(), ratio)

@@ -1,15 +1,19 @@
 """Rollouts: ``G`` completions per prompt from the current policy, batched across prompts.
 
-Three kinds, one output type (:class:`Rollout`) so the GRPO step is modality-agnostic:
+Four kinds, one output type (:class:`Rollout`) so the GRPO step is modality-agnostic:
 
 * ``text`` — chat prompts (optionally with the ``<think>`` instruction), block diffusion sampler;
 * ``mmu``  — the same after an image prefix (image codes), i.e. multimodal reasoning;
-* ``t2i``  — captions → image codes with MaskGIT; completions handed to rewards as decoded images.
+* ``t2i``  — captions → image codes with MaskGIT; completions handed to rewards as decoded images;
+* ``r2i``  — reasoning to image: a detailed description with the block sampler after the ``<|r2i|>``
+  prompt, then the image with MaskGIT conditioned on it; rewards see the decoded images.
 
 For scoring, ``completion_mask`` marks the completion tokens whose log-probs enter the loss: for
 text the answer up to and including its first EOS; the EOS fill after it is ``tail_mask`` (masked
 in the policy's input, as at sampling time, but not scored — dLLM-RL's convention). For t2i it is
-the image slots, scored over the codebook slice of the vocabulary.
+the image slots, scored over the codebook slice of the vocabulary. For r2i it is the description up
+to and including its first EOS plus the image slots, scored over the whole vocabulary (the r2i loss
+trains both parts with one output distribution); the EOS fill between them is the tail.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch
 
 from mmada.diffusion.sampling import generate_image, generate_text
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
-from mmada.tokenization import SequenceBuilder
+from mmada.errors import ConfigError
+from mmada.tokenization import SequenceBuilder, left_pad
 
 
 @dataclass
@@ -70,7 +75,8 @@ def rollout_text(
         kind = "text"
     rep = lambda t: t.repeat_interleave(num_generations, dim=0).to(dev)  # noqa: E731
     ids, attn = rep(batch.input_ids), rep(batch.attention_mask)
-    seqs = generate_text(model, ids, settings, attention_mask=attn, mask_id=sp.mask, eos_id=sp.eos, generator=generator)
+    seqs = generate_text(model, ids, settings, attention_mask=attn, mask_id=sp.mask, eos_id=sp.eos, eot_id=sp.eot,
+                         generator=generator)
     P = ids.shape[1]
     full_attn = torch.cat([attn, torch.ones((len(seqs), settings.gen_length), dtype=torch.bool, device=dev)], 1)
     prompt_mask = torch.zeros_like(full_attn)
@@ -108,4 +114,48 @@ def rollout_t2i(
         torch.zeros_like(cond.image_mask), images,
         [i for i in range(len(captions)) for _ in range(num_generations)],
         vocab_slice=(off, off + codebook_size), extra={"codes": codes},
+    )
+
+
+@torch.no_grad()
+def rollout_r2i(
+    model, builder: SequenceBuilder, captions: Sequence[str], num_generations: int, *, text: SamplerSettings,
+    image: ImageSamplerSettings, decode: Callable[[torch.Tensor], list] | None, num_image_tokens: int,
+    codebook_size: int, max_text_len: int, generator: torch.Generator | None = None,
+) -> Rollout:
+    """``num_generations`` (description, image) pairs per caption (``SequenceBuilder.r2i_from_ids`` rows).
+
+    ``max_text_len`` (the text slots before ``<|soi|>``) must hold the prompt, ``text.gen_length`` and an EOS.
+    """
+    sp = builder.special
+    dev = next(model.parameters()).device
+    caps = [c for c in captions for _ in range(num_generations)]
+    prompts = [builder.r2i_prompt(c) for c in caps]
+    need = max(len(p) - 1 for p in prompts) + text.gen_length + 1
+    if need > max_text_len:
+        raise ConfigError(f"max_text_len={max_text_len} cannot hold the r2i prompt, gen_length={text.gen_length} "
+                          f"and an EOS ({need} tokens)")
+    ids, attn = left_pad(prompts, sp.eos)
+    gen = generate_text(model, ids.to(dev), text, attention_mask=attn.to(dev), mask_id=sp.mask, eos_id=sp.eos,
+                        eot_id=sp.eot, generator=generator)[:, ids.shape[1]:].cpu()
+    answers = [row[: row.index(sp.eos)] if sp.eos in row else row for row in gen.tolist()]
+    cond = builder.r2i_from_ids(prompts, answers, num_image_tokens=num_image_tokens, max_text_len=max_text_len)
+    uncond = builder.r2i_from_ids([[sp.r2i, sp.bos]] * len(caps), [[]] * len(caps), num_image_tokens=num_image_tokens,
+                                  max_text_len=max_text_len)
+    cond, uncond = cond.to(dev), uncond.to(dev)
+    codes = generate_image(
+        model, cond.input_ids, image, attention_mask=cond.attention_mask, uncond_input_ids=uncond.input_ids,
+        uncond_attention_mask=uncond.attention_mask, codebook_size=codebook_size, image_offset=sp.image_offset,
+        num_image_tokens=num_image_tokens, mask_id=sp.mask, generator=generator,
+    )
+    seqs = cond.input_ids.clone()
+    seqs[cond.image_mask] = (codes + sp.image_offset).reshape(-1)
+    text_target = ~cond.prompt_mask & ~cond.image_mask  # (N, L) description + EOS fill
+    n_scored = torch.tensor([len(a) + 1 for a in answers], device=dev)  # the description and its first EOS
+    scored_text = text_target & (text_target.cumsum(1) <= n_scored[:, None])
+    images = decode(codes) if decode is not None else [c for c in codes]
+    return Rollout(
+        "r2i", seqs, cond.attention_mask, cond.prompt_mask, scored_text | cond.image_mask, text_target & ~scored_text,
+        images, [i for i in range(len(captions)) for _ in range(num_generations)],
+        extra={"codes": codes, "answers": builder.tokenizer.batch_decode(answers, skip_special_tokens=True)},
     )

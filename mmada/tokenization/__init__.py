@@ -4,6 +4,7 @@ from mmada.tokenization.layouts import SequenceBatch, SequenceBuilder, left_pad
 from mmada.tokenization.special import SPECIAL_TOKENS, SpecialTokenIds, check_vocab
 from mmada.tokenization.text import (
     CHAT_TEMPLATE,
+    R2I_PREFIX,
     THINK_PREFIX,
     builtin_tokenizer,
     load_text_tokenizer,
@@ -12,6 +13,7 @@ from mmada.tokenization.text import (
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "R2I_PREFIX",
     "SPECIAL_TOKENS",
     "THINK_PREFIX",
     "SequenceBatch",

@@ -7,6 +7,12 @@ so they work with the LLaDA tokenizer and with ours:
     mmu   <|mmu|> <|soi|> img_1 … img_N <|eoi|> chat-prompt answer <eos> <eos> …  (EOS right-padded)
     lm    <bos> text <eos> <eos> …                                               (no prompt)
     chat  chat-prompt answer <eos> <eos> …                                       (EOS right-padded)
+    r2i   <|r2i|> chat-prompt <think>trace</think> <eos> <eos> … <|soi|> img_1 … img_N <|eoi|>
+
+r2i (reasoning to image; training/prompting_utils.py: r2i_prompt): the user turn is the caption after
+the :data:`~mmada.tokenization.text.R2I_PREFIX` instruction, the answer a ``<think>`` trace (a more
+detailed description), EOS-filled to a fixed text length, then the image. The prompt is the task
+token, the chat prompt, ``<|soi|>`` and ``<|eoi|>``; the trace, its fill and the image are targets.
 
 ``prompt_mask`` marks what the diffusion process keeps clean (the condition); everything else is
 the target, EOS padding included so the model learns where answers end. ``attention_mask`` is
@@ -22,7 +28,7 @@ import torch
 
 from mmada.errors import MMaDAError
 from mmada.tokenization.special import SpecialTokenIds
-from mmada.tokenization.text import THINK_PREFIX
+from mmada.tokenization.text import R2I_PREFIX, THINK_PREFIX
 
 Messages = list[dict[str, str]]
 
@@ -162,6 +168,49 @@ class SequenceBuilder:
             ids[i, : len(row)] = torch.tensor(row)
         z = torch.zeros_like(ids, dtype=torch.bool)
         return SequenceBatch(ids, ~z, z.clone(), z.clone())
+
+    def r2i_prompt(self, caption: str) -> list[int]:
+        """``<|r2i|>`` + the chat prompt asking for a detailed description of ``caption`` first."""
+        return [self.special.r2i, *self.chat_prompt([{"role": "user", "content": R2I_PREFIX + caption}])]
+
+    def r2i(
+        self, captions: Sequence[str], traces: Sequence[str], image_codes: torch.Tensor | None = None, *,
+        num_image_tokens: int | None = None, max_text_len: int = 128,
+    ) -> SequenceBatch:
+        """Reasoning-to-image rows; ``image_codes`` None gives all-mask image slots (for sampling)."""
+        if len(traces) != len(captions):
+            raise MMaDAError(f"r2i got {len(captions)} captions but {len(traces)} traces")
+        return self.r2i_from_ids([self.r2i_prompt(c) for c in captions],
+                                 [self.encode(f"<think>{t.strip()}</think>") for t in traces], image_codes,
+                                 num_image_tokens=num_image_tokens, max_text_len=max_text_len)
+
+    def r2i_from_ids(
+        self, prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequence[int]],
+        image_codes: torch.Tensor | None = None, *, num_image_tokens: int | None = None, max_text_len: int = 128,
+    ) -> SequenceBatch:
+        """r2i rows from ids: ``prompt_ids`` start with ``<|r2i|>``; the text part (prompt without the task
+        token, answer, EOS fill) is ``max_text_len`` long, then ``<|soi|> img <|eoi|>``."""
+        sp = self.special
+        B = len(prompt_ids)
+        if any(not p or p[0] != sp.r2i for p in prompt_ids):
+            raise MMaDAError("r2i prompts must start with the <|r2i|> task token (SequenceBuilder.r2i_prompt)")
+        if image_codes is None:
+            if num_image_tokens is None:
+                raise MMaDAError("r2i needs image_codes or num_image_tokens")
+            img = torch.full((B, num_image_tokens), sp.mask, dtype=torch.long)
+        else:
+            if image_codes.shape[0] != B:
+                raise MMaDAError(f"r2i got {B} prompts but {image_codes.shape[0]} images")
+            img = self.image_ids(image_codes)
+        text, prompt = self._rows_from_ids([p[1:] for p in prompt_ids], answer_ids, max_text_len)  # (B, T)
+        N = img.shape[1]
+        col = lambda v: torch.full((B, 1), v, dtype=torch.long)  # noqa: E731
+        ids = torch.cat([col(sp.r2i), text, col(sp.soi), img, col(sp.eoi)], 1)
+        ones = torch.ones((B, 1), dtype=torch.bool)
+        prompt_mask = torch.cat([ones, prompt, ones, torch.zeros((B, N), dtype=torch.bool), ones], 1)
+        image_mask = torch.zeros_like(prompt_mask)
+        image_mask[:, max_text_len + 2 : max_text_len + 2 + N] = True
+        return SequenceBatch(ids, torch.ones_like(prompt_mask), prompt_mask, image_mask)
 
     # ------------------------------------------------------------------ helpers
     def _prompt_answer_rows(self, prompts, answers, max_len: int, think: bool):

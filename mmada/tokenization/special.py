@@ -2,15 +2,18 @@
 
 Two tokenizers are supported with the same sequence layouts:
 
-* the official LLaDA tokenizer (126349 entries; 126464 is only the padded embedding size, yet
-  ``from_tokenizer`` below still expects 126464, see docs/model.md): MMaDA reuses LLaDA's *reserved*
-  ids for its task tokens (``<|soi|>`` = 126084 … ``<|r2i|>`` = 126094; Gen-Verse/MMaDA
+* the official LLaDA tokenizer (126349 entries, the last one ``<|eot_id|>`` = 126348; 126464 is only
+  the embedding's padded ``llm_vocab_size``): MMaDA reuses LLaDA's *reserved* ids for its task tokens (``<|soi|>`` = 126084 … ``<|r2i|>`` = 126094; Gen-Verse/MMaDA
   training/prompting_utils.py: reserved_token_mapping), and
   ``<|mdm_mask|>`` = 126336 is the mask for text and image positions alike;
 * our own tokenizers (the built-in BPE): the same tokens exist *by name*, placed first in the
   vocabulary, so their ids are looked up from the tokenizer.
 
-Image code ``c`` is token ``image_offset + c`` where ``image_offset == len(text tokenizer)``.
+Image code ``c`` is token ``image_offset + c`` where ``image_offset == len(text tokenizer)``, as in
+every official trainer (``len(uni_prompting.text_tokenizer)``) and the demo (Gen-Verse/MMaDA app.py:
+``get_code(image) + 126349``). So the released checkpoints hold image codes at [126349, 134541) of
+their 134656-row embedding. A checkpoint's ``llm_vocab_size`` only bounds the offset
+(:func:`check_vocab`).
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ OFFICIAL_IDS: dict[str, int] = {
     "[iPAD]": 126093,
     "<|r2i|>": 126094,
 }
-OFFICIAL_TEXT_VOCAB = 126464
+# len() of the LLaDA tokenizer: the image offset of the released MMaDA checkpoints.
+LLADA_TOKENIZER_LEN = 126349
 
 # Token string -> SpecialTokenIds field name.
 _FIELD = {
@@ -107,8 +111,8 @@ class SpecialTokenIds:
 
     @classmethod
     def official(cls) -> SpecialTokenIds:
-        """The ids MMaDA uses with the LLaDA tokenizer (image offset 126464)."""
-        return cls._from_map(OFFICIAL_IDS, OFFICIAL_TEXT_VOCAB)
+        """The ids MMaDA uses with the LLaDA tokenizer (image offset 126349 = its length)."""
+        return cls._from_map(OFFICIAL_IDS, LLADA_TOKENIZER_LEN)
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> SpecialTokenIds:
@@ -121,25 +125,24 @@ class SpecialTokenIds:
         # ids only if the tokens LLaDA does name are where the official table says.
         named = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>")
         if all(vocab.get(tok) == OFFICIAL_IDS[tok] for tok in named):
-            if n != OFFICIAL_TEXT_VOCAB:
-                raise VocabError(
-                    f"tokenizer looks like LLaDA's but has {n} tokens, expected {OFFICIAL_TEXT_VOCAB}; "
-                    "image codes would start at the wrong id"
-                )
-            ids = cls.official()
-            return replace(
-                ids, start_header=vocab.get("<|start_header_id|>"), end_header=vocab.get("<|end_header_id|>")
-            )
+            # The offset is the tokenizer's own length (126349 for LLaDA's), never a constant.
+            return replace(cls.official(), image_offset=n, start_header=vocab.get("<|start_header_id|>"),
+                           end_header=vocab.get("<|end_header_id|>"))
         missing = [tok for tok in SPECIAL_TOKENS if tok not in vocab]
         raise VocabError(f"tokenizer lacks the special tokens {missing} and is not the LLaDA tokenizer")
 
 
 def check_vocab(special: SpecialTokenIds, config) -> None:
-    """Check that a tokenizer's ids and a model config describe the same unified vocabulary."""
-    if special.image_offset != config.llm_vocab_size:
+    """Check that a tokenizer's ids and a model config describe the same unified vocabulary.
+
+    The text tokenizer must fit the checkpoint's text rows (``len(tokenizer) <= llm_vocab_size``;
+    LLaDA: 126349 <= 126464) and the image codes placed after it must fit the embedding
+    (``len(tokenizer) + codebook_size <= vocab_size``; MMaDA-8B: 126349 + 8192 <= 134656).
+    """
+    if special.image_offset > config.llm_vocab_size:
         raise VocabError(
             f"text tokenizer has {special.image_offset} tokens but the checkpoint's llm_vocab_size is "
-            f"{config.llm_vocab_size}: image codes would be offset wrongly"
+            f"{config.llm_vocab_size}: its text ids would fall outside the checkpoint's text rows"
         )
     if special.mask != config.mask_token_id:
         raise VocabError(

@@ -28,10 +28,12 @@ from mmada.tokenization.special import SPECIAL_TOKENS
 BUILTIN_VOCAB_SIZE = 1024
 BUILTIN_VERSION = "2"  # bump when the corpus or the training recipe changes (2: single-digit tokens, \boxed{})
 
-# Our chat format (the chat_template set in Gen-Verse/MMaDA generate.py; docs/model.md): bos once,
-# then for every message <|start_header_id|>role<|end_header_id|>\n content <|eot_id|>, then the
-# assistant header.
-# The one definition: curation renders its samples through it too (mmada.data.templates.render).
+# The chat format MMaDA was trained and is run with: the chat_template that Gen-Verse/MMaDA generate.py
+# (main) and app.py install on the LLaDA tokenizer, replacing the one it ships (docs/model.md): bos
+# once, then for every message <|start_header_id|>role<|end_header_id|>\n trimmed content <|eot_id|>,
+# then the assistant header. The one definition: load_text_tokenizer installs it on every tokenizer
+# with the header tokens (so inference, rollouts and evaluation use it), and curation renders SFT
+# samples through it (mmada.data.templates.render).
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
@@ -41,6 +43,13 @@ THINK_PREFIX = (
     "You should first think about the reasoning process in the mind and then provide the user with the "
     "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
     "process here </think> answer here\n"
+)
+# Reasoning-to-image: the user turn asks for a detailed description first (Gen-Verse/MMaDA
+# parquet/my_dataset.py, the r2i samples); the answer is <think>{detailed description}</think>, then the image.
+R2I_PREFIX = (
+    "You should first think out a more detailed version of the description and then provide the user with the "
+    "image. The detailed description is enclosed within <think> </think> tags, i.e. <think> detailed description "
+    "here </think> image here\n"
 )
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.S)
 
@@ -129,10 +138,16 @@ def builtin_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def load_text_tokenizer(name_or_path: str = "builtin") -> PreTrainedTokenizerFast:
-    """``"builtin"``, a local tokenizer directory, or an HF repo id (loaded without remote code)."""
+    """``"builtin"``, a local tokenizer directory, or an HF repo id (loaded without remote code).
+
+    A tokenizer with the chat header tokens (LLaDA's, ours) gets :data:`CHAT_TEMPLATE` whatever
+    template it ships: the official code always installs that one (LLaDA's own template puts a
+    blank line after each header, which MMaDA was not trained with).
+    """
     if name_or_path == "builtin":
         return builtin_tokenizer()
     tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-    if tok.chat_template is None and "<|start_header_id|>" in tok.get_vocab():
+    vocab = tok.get_vocab()
+    if all(t in vocab for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")):
         tok.chat_template = CHAT_TEMPLATE
     return tok

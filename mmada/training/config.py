@@ -22,7 +22,9 @@ from pydantic import Field, model_validator
 from mmada.config import MAX_STEPS, Strict, load_config, validate
 from mmada.data.streams import DataSpec, Task
 from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
+from mmada.models.configuration import CHECKPOINT_OVERRIDES
 from mmada.rl.grpo import GRPOConfig
+from mmada.training.lora import LoRASpec
 from mmada.training.specs import CheckpointSpec, OptimSpec, RunConfig, TrackingSpec, TrainerSpec
 
 Stage = Literal["pretrain", "sft", "grpo"]
@@ -33,13 +35,27 @@ Stage = Literal["pretrain", "sft", "grpo"]
 STAGE_TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("t2i", "lm", "mmu"),
     "sft": ("chat", "mmu", "t2i", "lm"),
-    "grpo": ("chat", "mmu", "t2i"),  # prompt streams; rewards, not these coefficients, drive the update
+    "grpo": ("chat", "mmu", "t2i", "r2i"),  # prompt streams; rewards, not these coefficients, drive the update
 }
 STAGE_COEFFS: dict[str, dict[str, float]] = {
     "pretrain": {"t2i": 1.0, "lm": 0.1, "mmu": 1.0},
     "sft": {"chat": 0.5, "mmu": 0.5, "t2i": 1.0, "lm": 0.5},
-    "grpo": {"chat": 1.0, "mmu": 1.0, "t2i": 1.0},
+    "grpo": {"chat": 1.0, "mmu": 1.0, "t2i": 1.0, "r2i": 1.0},
 }
+
+
+class FromLLaDASpec(Strict):
+    """Grow a text-only LLaDA checkpoint (``model.init``) into MMaDA's unified vocabulary (official stage 1:
+    Gen-Verse/MMaDA training/train_mmada.py, ``resize_token_embeddings(new_vocab_size)``)."""
+
+    vocab_size: int = Field(134656, gt=0)
+    """Rows of the grown embedding and head (official ``new_vocab_size``: LLaDA's 126464 + 8192)."""
+    codebook_size: int = Field(8192, gt=0)
+    """Image codes (MAGVIT-v2: 8192); code ``c`` is token ``len(tokenizer) + c``."""
+    num_vq_tokens: int = Field(256, gt=0)
+    """Image tokens per image (256 at 256 px, stage 1.1/1.2; 1024 at 512 px)."""
+    mask_token_id: int = Field(126336, ge=0)
+    """The mask token for text and image positions (LLaDA's ``<|mdm_mask|>``)."""
 
 
 class ModelSpec(Strict):
@@ -48,18 +64,27 @@ class ModelSpec(Strict):
     preset: Literal["tiny", "small", "1b", "8b"] | None = None
     """Initialise a fresh model of this size (``mmada.models.PRESETS``)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
-    """Preset field overrides, e.g. ``{n_layers: 2, d_model: 128}`` (only with ``preset``)."""
+    """Preset field overrides, e.g. ``{n_layers: 2, d_model: 128}``; with ``init`` only the fields that
+    leave the weights unchanged (``mmada.models.configuration.CHECKPOINT_OVERRIDES``: num_vq_tokens,
+    max_sequence_length, mask/bos/eos/pad_token_id, codebook_size), e.g. ``{num_vq_tokens: 1024}``."""
     init: str | None = None
     """Start from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a ``save_pretrained`` directory."""
     tokenizer: str | None = None
     """Text tokenizer: ``builtin``, a directory or an HF id. Default: the checkpoint's own, else ``builtin``."""
+    from_llada: FromLLaDASpec | None = None
+    """``model.init`` is a text-only LLaDA checkpoint: grow its vocabulary by the image codes first."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if (self.preset is None) == (self.init is None):
             raise ValueError("set exactly one of model.preset (fresh weights) or model.init (a checkpoint)")
-        if self.overrides and self.preset is None:
-            raise ValueError("model.overrides only applies to a fresh model.preset")
+        if self.from_llada is not None and self.init is None:
+            raise ValueError("model.from_llada grows the checkpoint named by model.init; set model.init")
+        if self.init is not None:
+            bad = sorted(set(self.overrides) - set(CHECKPOINT_OVERRIDES))
+            if bad:
+                raise ValueError(f"model.overrides.{bad[0]} cannot be changed on a checkpoint (model.init); "
+                                 f"allowed: {', '.join(sorted(CHECKPOINT_OVERRIDES))}")
         return self
 
 
@@ -103,6 +128,9 @@ class TrainConfig(RunConfig):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     grpo: GRPOConfig | None = None
     """UniGRPO settings (stage ``grpo`` only): ``mmada.rl.GRPOConfig``, TRL-like field names."""
+    lora: LoRASpec | None = None
+    """Train LoRA adapters instead of all weights (stages sft and grpo; d1: r 128, alpha 64); the
+    registered version holds the merged weights, the adapter is logged with the run."""
 
     HASH_EXCLUDE: ClassVar[dict[str, Any]] = {**RunConfig.HASH_EXCLUDE, "samples": True}
 
@@ -110,6 +138,10 @@ class TrainConfig(RunConfig):
     def _check_stage(self) -> TrainConfig:
         if (self.stage == "grpo") != (self.grpo is not None):
             raise ValueError("grpo: the section is required for stage 'grpo' and only allowed there")
+        if self.lora is not None and self.stage == "pretrain":
+            raise ValueError("lora: adapters are for stages sft and grpo, not pretrain")
+        if self.lora is not None and self.trainer.strategy == "fsdp":
+            raise ValueError("lora: not supported with trainer.strategy fsdp (use ddp: only the adapters train)")
         allowed = STAGE_TASKS[self.stage]
         bad = [t for t in self.data.streams if t not in allowed]
         if bad:

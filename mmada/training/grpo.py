@@ -44,15 +44,17 @@ from mmada.rl import (
     policy_loss,
     prepare_iterations,
     reward_metrics,
+    rollout_r2i,
     rollout_t2i,
     rollout_text,
     score_rollout,
 )
 from mmada.tokenization import SequenceBuilder, load_text_tokenizer
 from mmada.training.config import DataSpec, TrainConfig
+from mmada.training.lora import adapters_disabled
 from mmada.training.module import MMaDAModule
 
-GRPO_TASKS = ("chat", "mmu", "t2i")
+GRPO_TASKS = ("chat", "mmu", "t2i", "r2i")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -135,6 +137,18 @@ class GRPOPromptData(L.LightningDataModule):
 
 
 # --------------------------------------------------------------------------------------------- module
+class _BaseModelView:
+    """The frozen reference policy of a LoRA run: the model called with every adapter switched off."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        with adapters_disabled(self.model):
+            return self.model(input_ids, attention_mask=attention_mask, **kwargs)
+
+
 class GRPOModule(MMaDAModule):
     """UniGRPO on the shared model/optimizer/registry machinery of :class:`MMaDAModule`."""
 
@@ -150,14 +164,19 @@ class GRPOModule(MMaDAModule):
 
     # ------------------------------------------------------------------ reference policy
     def on_model_built(self) -> None:
-        """π_ref: a frozen full copy of the initial weights (made before sharding or compilation)."""
-        if self.grpo.beta > 0 and self._reference is None:
+        """π_ref, made before sharding or compilation: with LoRA, the policy with its adapters off (no
+        second copy of the weights); otherwise a frozen full copy of the initial weights."""
+        if self.grpo.beta > 0 and self._reference is None and self.cfg.lora is not None:
+            object.__setattr__(self, "_reference", _BaseModelView(self.model))
+        elif self.grpo.beta > 0 and self._reference is None:
             ref = type(self.model)(self.model.config)
             ref.load_state_dict(self.model.state_dict())
             object.__setattr__(self, "_reference", ref.eval().requires_grad_(False))
 
     def _ref(self):
         ref = self._reference
+        if isinstance(ref, _BaseModelView):
+            return ref
         if ref is not None and next(ref.parameters()).device != self.device:
             ref.to(self.device)
         return ref
@@ -199,7 +218,15 @@ class GRPOModule(MMaDAModule):
         out = []
         for task, recs in batch.items():
             t0 = time.perf_counter()
-            if task == "t2i":
+            if task == "r2i":  # reasoning to image: a description, then the image drawn from it
+                caps = [r["caption"] for r in recs]
+                r = rollout_r2i(view, sb, caps, g.num_generations, text=g.sampler, image=g.image_sampler,
+                                decode=self._decode_images, num_image_tokens=self.model_config.num_vq_tokens,
+                                codebook_size=self.model_config.codebook_size,
+                                max_text_len=self.cfg.data.streams[task].max_text_len, generator=gen)
+                prompts, cols = caps, {"caption": caps, "metadata": [x["metadata"] for x in recs],
+                                       "label": [x["label"] for x in recs], "task": [task] * len(recs)}
+            elif task == "t2i":
                 caps = [r["caption"] for r in recs]
                 r = rollout_t2i(view, sb, caps, g.num_generations, settings=g.image_sampler, decode=self._decode_images,
                                 num_image_tokens=self.model_config.num_vq_tokens,
@@ -269,11 +296,12 @@ class GRPOModule(MMaDAModule):
             for i, c in enumerate(r.completions):
                 rows.append({"step": self.global_step, "task": task, "prompt": str(prompts[r.prompt_index[i]]),
                              "completion": c if isinstance(c, str) else f"<image {i}>",
+                             **({"description": r.extra["answers"][i]} if task == "r2i" else {}),
                              "reward": float(scored.rewards[i]), "advantage": float(scored.advantages.advantages[i]),
                              **{f"reward/{k}": v[i] for k, v in scored.per_reward.items()}})
-            if task == "t2i":
+            if task in ("t2i", "r2i"):
                 labels = [f"{x:.2f}" for x in scored.rewards.tolist()]
-                save_png(out / "t2i_grid.png", image_grid(r.completions, scale=3, labels=labels))
+                save_png(out / f"{task}_grid.png", image_grid(r.completions, scale=3, labels=labels))
         write_json(out / "completions.json", rows, indent=1)
         tracker = getattr(self.logger, "tracker", None) if self.logger is not None else None
         if tracker is not None:

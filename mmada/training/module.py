@@ -30,10 +30,12 @@ from mmada.diffusion import unified_loss
 from mmada.errors import ConfigError
 from mmada.files import write_json
 from mmada.models import MMaDAConfig, MMaDAModelLM, check_ids
+from mmada.models.from_llada import grow_from_llada
 from mmada.models.loading import load_model
 from mmada.tokenization import SequenceBatch, SpecialTokenIds
 from mmada.training import parallelize
 from mmada.training.config import TrainConfig
+from mmada.training.lora import add_lora
 from mmada.training.optim import build_optimizer, build_scheduler
 from mmada.training.trainer import resolve_precision
 
@@ -58,12 +60,19 @@ class MMaDAModule(L.LightningModule):
         """Build (fresh, seeded identically on every rank) or load the model; once."""
         if self.model is not None:
             return
-        if self.init_dir is not None:
-            self.model = load_model(self.init_dir, dtype=torch.float32)
+        if self.init_dir is not None and self.cfg.model.from_llada is not None:
+            # a LLaDA checkpoint with its own config, grown to the stage's unified vocabulary
+            llada = load_model(self.init_dir, dtype=torch.float32)
+            self.model = grow_from_llada(llada, self.model_config)
+        elif self.init_dir is not None:
+            # the stage's config: the checkpoint's, with model.overrides applied (weights unchanged)
+            self.model = load_model(self.init_dir, config=self.model_config, dtype=torch.float32)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.cfg.seed)
                 self.model = MMaDAModelLM(self.model_config)
+        if self.cfg.lora is not None:  # only the adapters train; the base weights stay as loaded
+            add_lora(self.model, self.cfg.lora)
         self.model.train()
         self.on_model_built()
         spec = self.cfg.trainer

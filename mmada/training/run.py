@@ -26,6 +26,7 @@ from mmada.data.loading import ShardDataModule
 from mmada.errors import ConfigError
 from mmada.files import atomic_dir
 from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.models.from_llada import mmada_config_from_llada
 from mmada.tokenization import SpecialTokenIds, check_vocab, load_text_tokenizer
 from mmada.tracking import default_tracking_uri
 from mmada.tracking.lineage import lineage_tags
@@ -34,6 +35,7 @@ from mmada.training.callbacks import SampleCallback
 from mmada.training.config import TrainConfig
 from mmada.training.grpo import GRPOModule, GRPOPromptData
 from mmada.training.harness import Export, TrainResult, fit, open_tracker
+from mmada.training.lora import merged_state_dict, save_adapter
 from mmada.training.module import DiffusionModule
 from mmada.training.parallelize import full_state_dict, is_sharded, model_weights
 
@@ -59,6 +61,10 @@ def resolve_model_source(cfg: TrainConfig, tracking_uri: str) -> ModelSource:
     if cfg.model.init is not None:
         init_dir, parent = resolve_model(cfg.model.init, tracking_uri=tracking_uri, cache_dir=cfg.out_dir / "init")
         config = MMaDAConfig.from_pretrained(init_dir)
+        if cfg.model.from_llada is not None:
+            config = mmada_config_from_llada(config, **cfg.model.from_llada.model_dump())
+        if cfg.model.overrides:
+            config = config.with_overrides(cfg.model.overrides)
         tok_src = cfg.model.tokenizer or (str(init_dir) if (init_dir / "tokenizer.json").is_file() else "builtin")
     else:
         config = MMaDAConfig.from_preset(cfg.model.preset, **cfg.model.overrides)
@@ -107,6 +113,8 @@ def export_checkpoint(cfg: TrainConfig, checkpoint: str | os.PathLike, target: s
     if "state_dict" not in ckpt:
         raise ConfigError(f"{path} is not a Lightning training checkpoint (no 'state_dict')")
     state = model_weights(ckpt["state_dict"])
+    if cfg.lora is not None:
+        state = merged_state_dict(state, cfg.lora.scaling)
     src = resolve_model_source(cfg, cfg.tracking.uri or default_tracking_uri())
     step = int(ckpt.get("global_step", 0))
     target = Path(target) if target is not None else cfg.out_dir / "exports" / f"step{step:08d}"
@@ -131,15 +139,23 @@ def train(cfg: TrainConfig, *, progress_bar: bool = False) -> TrainResult:
     inputs = dm.dataset_inputs()
     tags = lineage_tags(stage=cfg.stage, config_hash=cfg.config_hash(), inputs=inputs, parent=src.parent,
                         init=cfg.model.init)
+    if cfg.lora is not None:  # a merged LoRA version says how it was trained
+        tags |= {"lora": json.dumps(cfg.lora.model_dump())}
     if cfg.grpo is not None:  # the reward configuration is part of a grpo version's lineage
         g = cfg.grpo
         tags |= {"grpo.reward_funcs": json.dumps(g.reward_funcs), "grpo.reward_weights": json.dumps(g.reward_weights),
-                 "grpo.estimator": g.estimator, "grpo.beta": str(g.beta)}
+                 "grpo.estimator": g.estimator, "grpo.loss_type": g.aggregation,
+                 "grpo.beta": str(g.beta)}
 
     def write_export(trainer: L.Trainer) -> Path | None:
         # collective under FSDP (every rank); otherwise only rank 0 needs the weights
         state = full_state_dict(trainer) if is_sharded(trainer) or trainer.is_global_zero else None
-        return export_hf(src.config, state, src.tokenizer, out / "export") if trainer.is_global_zero else None
+        if not trainer.is_global_zero:
+            return None
+        if cfg.lora is not None:  # the adapter is logged with the run; the version holds merged weights
+            tracker.log_artifacts(save_adapter(state, cfg.lora, out / "adapter"), "adapter")
+            state = merged_state_dict(state, cfg.lora.scaling)
+        return export_hf(src.config, state, src.tokenizer, out / "export")
 
     export = Export(write_export, EXPORT_ARTIFACT_PATH, alias=cfg.alias,
                     registered_model=registered_name(cfg, src.config) if cfg.tracking.registry else None,

@@ -237,6 +237,7 @@ class MMaDALM(TemplateLM):
                     attn[j, P - len(e) :] = True
                 out = generate_text(
                     self.model, ids.to(self.device), settings, mask_id=self.special.mask, eos_id=self.special.eos,
+                    eot_id=self.special.eot,
                     attention_mask=attn.to(self.device), generator=gen,
                 )[:, P:].cpu()
                 for j, i in enumerate(batch):
