@@ -8,7 +8,6 @@ for the whole session; flow tests request it. ``s3_endpoint`` runs moto's S3 ser
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -26,19 +25,15 @@ def prefect_test_harness():
         yield PREFECT_API_URL.value()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1; s3:// URLs in this session go to it. Yields the endpoint URL."""
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    from tests.test_training_support import free_port
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"

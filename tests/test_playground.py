@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from tests.test_pipeline_support import REPO, env_for
+from tests.test_training_support import free_port
 
 ARTIFACTS = REPO / "runs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,12 +32,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromiu
 TEXT = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_export(d: Path, seed: int) -> Path:

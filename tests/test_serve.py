@@ -22,14 +22,11 @@ import pytest
 
 from mmada.pipeline.params import load_params, params_dict
 from tests.test_pipeline_support import REPO, env_for
+from tests.test_training_support import free_port
 
 ARTIFACTS = REPO / "runs" / "test-artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

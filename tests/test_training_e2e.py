@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from mmada.training.callbacks import AtomicModelCheckpoint, clean_partials, find
 from mmada.training.optim import lr_factor
 from tests.test_training_support import (
     curated_data,
+    free_port,
     fresh_mlflow_uri,
     kill_when,
     one_thread,
@@ -118,10 +118,6 @@ def check_checkpoint_export(config: Path, result, final: dict, capsys) -> None:
     assert "step99.ckpt' does not exist" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_config(cfg: dict, path: Path) -> Path:
@@ -137,7 +133,7 @@ def test_two_processes_as_two_nodes(data, tmp_path_factory, tmp_path):
                       trainer={"num_nodes": 2, "devices": 1, "strategy": "ddp"},
                       tracking={"log_system_metrics": True, "system_metrics_interval": 1})
     path = _write_config(cfg, tmp_path / "mn.yaml")
-    port = _free_port()
+    port = free_port()
     torchrun = str(Path(sys.executable).parent / "torchrun")
     procs = [
         subprocess.Popen([torchrun, "--nnodes", "2", "--node-rank", str(r), "--nproc-per-node", "1",

@@ -8,7 +8,6 @@ not what is computed.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from mmada.training import load_train_config
 from mmada.training.parallelize import build_strategy, fsdp_precision
 from tests.test_training_support import (
     curated_data,
+    free_port,
     fresh_mlflow_uri,
     one_thread,
     subprocess_env,
@@ -40,16 +40,12 @@ def data(tmp_path_factory):
     return curated_data(tmp_path_factory)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(cfg: dict, path: Path, procs: int) -> None:
     path.write_text(yaml.safe_dump(cfg))
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "mmada", "train", str(path)]
+           "--master-port", str(free_port()), "-m", "mmada", "train", str(path)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=subprocess_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
