@@ -15,11 +15,22 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 env: $(STAMP)
 
+# uv installs the same pinned versions as pip would, in parallel (about 50 s instead of about 2 min
+# on 2 cores); it reads pip's find-links (a local wheel cache holding the CPU build of torch) from the
+# environment. Make env with UV=0 to install with pip instead.
+UV ?= 1
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
+ifeq ($(UV),1)
+	$(BIN)/pip install -q -c constraints.txt uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt torch==2.13.0
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev]'
+else
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+endif
 	touch $(STAMP)
 
 # The whole tiny pipeline (tokenizer -> curate -> image tokenizer -> pretrain -> SFT -> UniGRPO ->
