@@ -61,6 +61,12 @@ class EvalParams(Strict):
         "reasoning", description="reasoning: the bare question after MMaDA's <think> instruction, as in the curated "
         "SFT data and UniGRPO prompts; lm_eval: lm-eval's 'Question: ...\\nAnswer:' wrapping.")
     mmu_n: int = Field(16, ge=0, le=10000, description="Shapes scenes whose VQA questions are asked (0: skip).")
+    mmu_prompt: Literal["reasoning", "plain"] = Field(
+        "reasoning", description="reasoning: the question after MMaDA's <think> instruction, as in the curated VQA "
+        "traces, scoring the answer after </think>; plain: the bare question, scoring the whole answer.")
+    held_out: bool = Field(
+        True, description="Drop evaluation items the training shards hold: arithmetic questions, VQA questions "
+        "about the same scene, t2i scenes (as `mmada eval --exclude-data` does); reported per suite.")
     t2i_n: int = Field(32, ge=0, le=10000, description="Shapes captions to generate images for (0: skip).")
     recon_n: int = Field(32, ge=0, le=10000, description="Images reconstructed by the image tokenizer (0: skip).")
     baseline: Literal["sft", "none"] = Field(
