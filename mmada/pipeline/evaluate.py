@@ -48,7 +48,7 @@ def run_suite(suite: str, p: EvalParams, *, model: EvalModel, image_tokenizer: s
         reasoning = p.math_prompt == "reasoning"  # the bare question after MMaDA's <think> instruction
         return math_suite("builtin:arithmetic", protocol=p.math_protocol, model=model, sampler=p.sampler, out=out,
                           n=p.math_n, data_seed=p.data_seed, prompt_template="{question}" if reasoning else None,
-                          think=reasoning, exclude_data=held("arithmetic"))
+                          think=reasoning, exclude_data=held("arithmetic"), difficulty=p.math_difficulty)
     if suite == "mmu":
         return mmu_suite("builtin:shapes", model=model, sampler=p.sampler, out=out, n=p.mmu_n, data_seed=p.data_seed,
                          image_tokenizer=image_tokenizer, think=p.mmu_prompt == "reasoning",
