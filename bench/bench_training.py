@@ -3,13 +3,16 @@ loop doing the same steps on the same batches, and (on a GPU) model FLOPs utilis
 
     python bench/bench_training.py                        # CPU: tiny and small presets, tokens/s + overhead ratio
     python bench/bench_training.py --sizes tiny --steps 30 --threads 1
+    python bench/bench_training.py --sizes tiny --settings 32-true:wide:joint bf16-mixed:data:per_task
     python bench/bench_training.py --mfu                  # GPU: the 1b preset in bf16-mixed, eager vs compiled MFU
     python bench/bench_training.py --mfu --seq-len 1024 2048 --rows 0 --plain   # largest batch that fits; + plain loop
 
 CPU mode trains on real rows: the built-in arithmetic (lm), shapes (t2i) and shapes VQA (mmu)
 specs are curated into a temp dir (images tokenized with an untrained tiny MAGVIT-v2), and the
 data module's first batches are materialised once, so both loops see identical tensors and only
-the loop differs. ``--mfu`` uses lm rows of random tokens (length ``--seq-len``, no padding), the
+the loop differs. ``--settings`` compares precisions (fp32 / bf16-mixed autocast), text budgets (the
+padding of each stream's rows) and one forward for all tasks against one per task (``loss.per_task_forward``),
+each against the first setting, in the same run (ratios hold on a shared machine; wall times do not). ``--mfu`` uses lm rows of random tokens (length ``--seq-len``, no padding), the
 shape that matters for FLOPs. Both loops: masked-diffusion ``unified_loss``, backward, global-norm
 clipping, AdamW, cosine schedule; bf16 autocast on GPU (Lightning ``bf16-mixed``). ``--mfu`` times the
 Lightning loop (what ``mmada train`` runs) eager and with ``trainer.compile: true`` (each block compiled)
@@ -54,8 +57,9 @@ def batch_tokens(batch: dict) -> int:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def curated_batches(workdir: Path, n: int, num_vq_tokens: int, tokenizer) -> list[dict]:
-    """Materialise ``n`` mixed batches (t2i + lm + mmu) from freshly curated built-in shards."""
+def curated_batches(workdir: Path, n: int, num_vq_tokens: int, tokenizer, budgets: str = "wide") -> list[dict]:
+    """Materialise ``n`` mixed batches (t2i + lm + mmu) from freshly curated built-in shards (curated once per
+    ``workdir``; ``budgets`` only changes how far the same rows are padded)."""
     from mmada.data.curate import curate
     from mmada.data.loading import ShardDataModule
     from mmada.data.specs import load_spec
@@ -63,14 +67,15 @@ def curated_batches(workdir: Path, n: int, num_vq_tokens: int, tokenizer) -> lis
     from mmada.training.vq import TINY_MODEL
 
     repo = Path(__file__).resolve().parents[1]
-    torch.manual_seed(0)
-    MAGVITv2(TINY_MODEL).save_pretrained(workdir / "vq")
-    vq = ["vq.enabled=true", f"vq.model={workdir / 'vq'}", "vq.device=cpu"]
-    for name, spec, extra in (("arithmetic", "arithmetic.yaml", ["sources.0.n=300"]),
-                              ("shapes", "shapes.yaml", ["sources.0.n=200", *vq]),
-                              ("shapes_vqa", "shapes_vqa.yaml", ["sources.0.n=60", *vq])):
-        curate(load_spec(str(repo / "data_specs" / spec), extra), out=str(workdir / name))
-    cfg = _config(workdir, "tiny", "cpu", n)
+    if not (workdir / "vq").is_dir():
+        torch.manual_seed(0)
+        MAGVITv2(TINY_MODEL).save_pretrained(workdir / "vq")
+        vq = ["vq.enabled=true", f"vq.model={workdir / 'vq'}", "vq.device=cpu"]
+        for name, spec, extra in (("arithmetic", "arithmetic.yaml", ["sources.0.n=300"]),
+                                  ("shapes", "shapes.yaml", ["sources.0.n=200", *vq]),
+                                  ("shapes_vqa", "shapes_vqa.yaml", ["sources.0.n=60", *vq])):
+            curate(load_spec(str(repo / "data_specs" / spec), extra), out=str(workdir / name))
+    cfg = _config(workdir, "tiny", "cpu", n, budgets=budgets)
     dm = ShardDataModule(cfg.data, tokenizer, num_vq_tokens=num_vq_tokens, batches_per_epoch=n)
     return list(dm.train_dataset())
 
@@ -90,19 +95,27 @@ def random_lm_batches(n: int, rows: int, seq_len: int, special: SpecialTokenIds)
     return out
 
 
+BUDGETS = {  # max_text_len per stream: t2i, lm, mmu
+    "wide": (32, 256, 192),  # the budgets before they were sized to the data
+    "data": (16, 184, 136),  # configs/train/tiny_*.yaml: the longest curated caption / text / VQA row
+}
+
+
 def _config(workdir: Path, preset: str, accelerator: str, steps: int, overrides: dict | None = None,
-            compile: bool = False):
-    streams = {"t2i": {"manifests": [str(workdir / "shapes")], "batch_size": 4, "max_text_len": 32},
-               "lm": {"manifests": [str(workdir / "arithmetic")], "batch_size": 4, "max_text_len": 256},
-               "mmu": {"manifests": [str(workdir / "shapes_vqa")], "batch_size": 4, "max_text_len": 192}}
+            precision: str | None = None, budgets: str = "wide", forward: str = "joint", compile: bool = False):
+    t2i, lm, mmu = BUDGETS[budgets]
+    streams = {"t2i": {"manifests": [str(workdir / "shapes")], "batch_size": 4, "max_text_len": t2i},
+               "lm": {"manifests": [str(workdir / "arithmetic")], "batch_size": 4, "max_text_len": lm},
+               "mmu": {"manifests": [str(workdir / "shapes_vqa")], "batch_size": 4, "max_text_len": mmu}}
+    precision = precision or ("bf16-mixed" if accelerator == "cuda" else "32-true")
     return load_train_config({
         "name": "bench", "stage": "pretrain", "seed": 0, "output_dir": str(workdir / "out"),
         "model": {"preset": preset, "overrides": overrides or {}},
         "data": {"streams": streams, "shuffle_buffer": 50, "cond_dropout_prob": 0.0},
         "optim": {"lr": 3e-4, "warmup_steps": 2},
+        "loss": {"per_task_forward": forward == "per_task"},
         "trainer": {"accelerator": "gpu" if accelerator == "cuda" else "cpu", "max_steps": steps,
-                    "log_every_n_steps": 1, "precision": "bf16-mixed" if accelerator == "cuda" else "32-true",
-                    "compile": compile},
+                    "log_every_n_steps": 1, "precision": precision, "compile": compile},
     })
 
 
@@ -116,8 +129,8 @@ def plain_loop(cfg, model_config, special, batches, device: str, warmup: int) ->
         model = MMaDAModelLM(model_config).train()
     opt = build_optimizer(model, cfg.optim)
     sched = build_scheduler(opt, cfg.optim, max_steps=len(batches))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu",
-                                                                                                     enabled=False)
+    bf16 = cfg.trainer.precision == "bf16-mixed"  # what Lightning's bf16-mixed does: autocast, fp32 weights
+    autocast = torch.autocast("cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16, enabled=bf16)
     t0 = None
     for i, batch in enumerate(batches):
         if i == warmup:
@@ -126,7 +139,8 @@ def plain_loop(cfg, model_config, special, batches, device: str, warmup: int) ->
         b = {t: {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in x.items()}
              for t, x in batch.items()}
         with autocast:
-            res = unified_loss(model, to_sequence_batches(b), mask_id=special.mask, coeffs=cfg.coeffs)
+            res = unified_loss(model, to_sequence_batches(b), mask_id=special.mask, coeffs=cfg.coeffs,
+                               per_task_forward=cfg.loss.per_task_forward)
         res.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         opt.step()
@@ -186,6 +200,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=2, help="CPU: alternate plain/Lightning runs this many times")
+    p.add_argument("--settings", nargs="+",
+                   default=["32-true:wide:joint", "bf16-mixed:wide:joint", "bf16-mixed:data:joint",
+                            "bf16-mixed:data:per_task"],
+                   help="CPU: PRECISION:BUDGETS:FORWARD to compare (budgets: wide = 32/256/192 text tokens for "
+                   "t2i/lm/mmu, data = 16/184/136 as in configs/train/tiny_*.yaml; forward: joint = one forward "
+                   "for all rows, per_task = loss.per_task_forward); the first is the baseline of 'vs first'")
     p.add_argument("--mfu", action="store_true", help="GPU: MFU of --preset in bf16-mixed")
     p.add_argument("--preset", default="1b")
     p.add_argument("--rows", type=int, default=8, help="--mfu: rows per step (0: the largest that fits)")
@@ -204,20 +224,29 @@ def main() -> None:
         tok = load_text_tokenizer("builtin")
         print(f"# CPU, {torch.get_num_threads()} threads; {args.steps} steps ({args.warmup} warm-up) per loop; "
               f"best of {args.repeats} alternating runs")
-        batches = curated_batches(work, args.steps, 64, tok)
         special = SpecialTokenIds.from_tokenizer(tok)
-        print(f"{'preset':8} {'params':>8} {'tokens/step':>11} {'plain s/step':>12} {'lightning s/step':>16} "
-              f"{'tokens/s (L)':>12} {'overhead':>8}")
+        settings = [tuple(s.split(":")) for s in args.settings]
+        batches = {b: curated_batches(work, args.steps, 64, tok, b) for b in dict.fromkeys(b for _, b, _ in settings)}
+        # the same rows in every setting: count them once, as the data-sized budgets pad them
+        ref = batches.get("data") or next(iter(batches.values()))
+        tokens = sum(batch_tokens(b) for b in ref[args.warmup:]) / (args.steps - args.warmup)
+        print(f"{'preset':8} {'precision':10} {'budgets':7} {'forward':8} {'params':>7} {'tokens/step':>11} {'plain s/step':>12} "
+              f"{'lightning s/step':>16} {'tokens/s (L)':>12} {'overhead':>8} {'vs first':>8}")
         for size in args.sizes:
-            cfg = _config(work, size, "cpu", args.steps)
             mc = MMaDAConfig.from_preset(size)
-            tokens = sum(batch_tokens(b) for b in batches[args.warmup:]) / (args.steps - args.warmup)
-            plain, light = math.inf, math.inf
-            for _ in range(args.repeats):  # alternate the loops; keep each one's best (least disturbed) run
-                plain = min(plain, plain_loop(cfg, mc, special, batches, "cpu", args.warmup))
-                light = min(light, lightning_loop(cfg, mc, special, batches, "cpu", args.warmup))
-            print(f"{size:8} {mc.num_parameters_estimate() / 1e6:7.1f}M {tokens:11.0f} {plain:12.3f} {light:16.3f} "
-                  f"{tokens / light:12.0f} {light / plain:8.3f}")
+            best = {}
+            for _ in range(args.repeats):  # alternate settings and loops; keep each one's best (least disturbed) run
+                for prec, bud, fwd in settings:
+                    cfg = _config(work, size, "cpu", args.steps, precision=prec, budgets=bud, forward=fwd)
+                    plain, light = best.get((prec, bud, fwd), (math.inf, math.inf))
+                    plain = min(plain, plain_loop(cfg, mc, special, batches[bud], "cpu", args.warmup))
+                    light = min(light, lightning_loop(cfg, mc, special, batches[bud], "cpu", args.warmup))
+                    best[(prec, bud, fwd)] = plain, light
+            first = best[settings[0]][1]
+            for prec, bud, fwd in settings:
+                plain, light = best[(prec, bud, fwd)]
+                print(f"{size:8} {prec:10} {bud:7} {fwd:8} {mc.num_parameters_estimate() / 1e6:6.1f}M {tokens:11.0f} "
+                      f"{plain:12.3f} {light:16.3f} {tokens / light:12.0f} {light / plain:8.3f} {first / light:7.2f}x")
 
 
 def largest_rows(cfg, mc, special, seq_len: int, device: str, cap: int = 256) -> int:

@@ -97,11 +97,13 @@ def _batches():
     }
 
 
-def test_unified_loss_equals_separate_computation():
+@pytest.mark.parametrize("per_task_forward", [False, True])
+def test_unified_loss_equals_separate_computation(per_task_forward):
     model = _tiny_model().double().eval()
     batches = _batches()
     coeffs = {"t2i": 1.0, "lm": 0.1, "chat": 0.5}
-    out = unified_loss(model, batches, mask_id=3, coeffs=coeffs, generator=torch.Generator().manual_seed(7))
+    out = unified_loss(model, batches, mask_id=3, coeffs=coeffs, generator=torch.Generator().manual_seed(7),
+                       per_task_forward=per_task_forward)
     # Re-draw the same noise in the same order, then compute each task alone.
     g = torch.Generator().manual_seed(7)
     b = batches["t2i"]

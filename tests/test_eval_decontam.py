@@ -108,3 +108,38 @@ def test_cli_math_held_out_from_curated_shards(curated_seed7, tmp_path, capsys):
     assert {json.loads(x)["question"] for x in samples.read_text().splitlines()} & train_questions
     assert main([*argv[:4], "--difficulty", "one", *argv[6:]]) == 2
     assert "--difficulty: expected K or LO-HI" in capsys.readouterr().err
+
+
+def test_shapes_vqa_and_t2i_held_out_by_scene(tmp_path):
+    """Scenes curated from seed 3 are dropped from an evaluation that draws seed 3 again: VQA items question
+    by question, t2i scenes whole; the shards are read directly to know what training held."""
+    from mmada.eval.suites import held_out_scenes
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: vqa\nkind: mmu\nsources:\n  - {type: builtin, uri: 'builtin:shapes', n: 6, seed: 3, "
+                    "image_size: 32, vqa: true}\nfilters: {exact_dedup: true}\nsplit: {val_fraction: 0.2}\n")
+    assert main(["curate", str(spec), "--out", str(tmp_path / "vqa"), "--quiet"]) == 0
+    trained = set()
+    for tar in (tmp_path / "vqa").glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(".json"):
+                    j = json.load(tf.extractfile(m))
+                    objs = sorted((o["shape"], o["color"], tuple(o["bbox"])) for o in j["metadata"]["objects"])
+                    trained.add((repr(objs), j["question"]))
+    scenes = load_records("builtin:shapes", n=10, seed=3)
+    items = [(r, qa["question"]) for r in scenes for qa in r["vqa"]]
+    key = lambda r, q: (repr(sorted((o["shape"], o["color"], tuple(o["bbox"])) for o in r["metadata"]["objects"])), q)  # noqa: E731
+    expected = [f"{r['id']}-q{j}" for r in scenes for j, qa in enumerate(r["vqa"])
+                if key(r, qa["question"]) not in trained]
+    kept, held = held_out_scenes("builtin:shapes", n=10, seed=3, exclude_data=[str(tmp_path / "vqa")],
+                                 with_question=True)
+    assert [it["id"] for it in kept] == expected and 0 < len(kept) < len(items)
+    assert held["removed"] == len(items) - len(kept) and held["known_scenes"] == len(trained)
+    # t2i: a scene is dropped when training held its layout (any question about it)
+    scenes_seen = {s for s, _ in trained}
+    kept_t2i, held_t2i = held_out_scenes("builtin:shapes", n=10, seed=3, exclude_data=[str(tmp_path / "vqa")],
+                                         with_question=False)
+    assert [r["id"] for r in kept_t2i] == [r["id"] for r in scenes if key(r, None)[0] not in scenes_seen]
+    assert held_t2i["removed"] == 6  # the six curated scenes are the first six of seed 3
+    assert held_out_scenes("builtin:shapes", n=4, seed=9, exclude_data=None, with_question=False)[1] is None

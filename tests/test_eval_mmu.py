@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from mmada.diffusion.settings import SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval import normalize_answer, pope_evaluate, pope_metrics, qa_accuracy
 from mmada.eval.mmu import pope_label
+from mmada.eval.runners import PaletteCodec, evaluate_qa, load_records, shapes_vqa_items
+from mmada.inference import load_checkpoint
+from mmada.models import MMaDAConfig, MMaDAModelLM
+from mmada.tokenization import load_text_tokenizer
+from mmada.tokenization.text import split_think
 
 
 def test_normalize_answer():
@@ -75,3 +82,27 @@ def test_pope_bad_rows_are_named():
         pope_evaluate([{"question_id": 7, "label": "maybe", "answer": "yes"}])
     with pytest.raises(MMaDAError, match=r"question_id=8.* no answer"):
         pope_evaluate([{"question_id": 8, "label": "yes"}], [{"question_id": 9, "text": "yes"}])
+
+
+def test_qa_rows_carry_a_verdict_and_the_think_answer_is_scored(tmp_path):
+    """Every row has ``correct``; with ``think`` a real (untrained) model is asked after the reasoning
+    instruction and the part after ``</think>`` is what is scored (the mmu_correctness rule)."""
+    items = [{"id": "a", "question": "What color?", "answer": "red"}, {"id": "b", "question": "How many?",
+                                                                       "answer": "2"}]
+    rep, rows = evaluate_qa(items, dataset="x", predictions=["Red.", "three"])
+    assert [r["correct"] for r in rows] == [True, False] and rep.metrics["exact_match"] == 0.5
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    MMaDAModelLM(MMaDAConfig.from_preset("tiny", d_model=64, n_layers=2, n_heads=2, n_kv_heads=2,
+                                         mlp_hidden_size=128)).save_pretrained(ckpt)
+    load_text_tokenizer("builtin").save_pretrained(ckpt)
+    lm = load_checkpoint(str(ckpt))
+    asked, mmu = [], lm.builder.mmu
+    lm.builder.mmu = lambda *a, **k: asked.append(k.get("think")) or mmu(*a, **k)  # what the prompts were built with
+    vqa = shapes_vqa_items(load_records("builtin:shapes", n=2, seed=0))
+    rep, rows = evaluate_qa(vqa, dataset="builtin:shapes", lm=lm, codec=PaletteCodec(), think=True,
+                            sampler=SamplerSettings(steps=4, gen_length=8, block_length=8))
+    assert rep.details["think"] is True and len(rows) == len(vqa) and asked and all(asked)
+    for r in rows:
+        assert r["prediction"] == split_think(r.get("response", r["prediction"]))[1]
+        assert r["correct"] == (normalize_answer(r["prediction"]) == normalize_answer(r["answer"]))

@@ -73,3 +73,20 @@ def test_paired_scores_sign_test_ignores_ties(tmp_path):
     assert load_verdicts(p) == {k: v == 1.0 for k, v in before.items()}
     with pytest.raises(MMaDAError, match="no 'id' / 'reward'"):
         load_scores(p, field="reward")
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (30, 100), (100, 100), (1, 1)])
+def test_proportion_ci_is_the_wilson_interval(k, n):
+    import math
+
+    from mmada.eval.paired import proportion_ci
+
+    z = 1.959963984540054  # the 97.5 % normal quantile
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = proportion_ci(k, n)
+    assert lo == pytest.approx(max(0.0, centre - half), abs=1e-9) and hi == pytest.approx(min(1.0, centre + half), abs=1e-9)
+    assert proportion_ci(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        proportion_ci(3, 2)

@@ -114,9 +114,11 @@ def test_params_yaml_names_the_configs_and_holds_only_what_differs():
                 assert same <= {"lr", "max_steps"}, f"{section}.{k} repeats {same} of {node[key]}"
     sft = read_yaml(REPO / "configs/train/tiny_sft.yaml")
     assert p.sft.optim.min_lr_scale == sft["optim"]["min_lr_scale"]  # from the file
-    assert p.sft.trainer.max_steps == PARAMS["sft"]["trainer"]["max_steps"] != sft["trainer"]["max_steps"]
+    pre = read_yaml(REPO / "configs/train/tiny_pretrain.yaml")
+    assert p.pretrain.trainer.max_steps == PARAMS["pretrain"]["trainer"]["max_steps"] != pre["trainer"]["max_steps"]
     assert p.curate.arithmetic.sources[0].n == PARAMS["curate"]["arithmetic"]["sources"]["0"]["n"]
-    assert p.curate.arithmetic.sources[0].difficulty == (1, 4)  # the rest of the source from the spec
+    assert p.curate.arithmetic.sources[0].difficulty == (1, 2)  # the demo's one- and two-step problems
+    assert p.curate.arithmetic.sources[0].max_operand == 9  # the rest of the source from the spec
     full = profile_params("full", REPO)
     assert full["vq"] == {"config": "configs/vq/tiny.yaml"} and full["sft"]["trainer"] == {"max_steps": 400}
 
@@ -172,8 +174,8 @@ def test_bad_params_name_the_field(project, cli):
 def test_params_show_and_write(project, cli):
     rc, out, _ = cli(project, "pipeline", "params")
     shown = yaml.safe_load(out)
-    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 250
-    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 2000
+    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 400
+    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 4000
     rc, out, _ = cli(project, "pipeline", "params", "--write", "--profile", "full", "--params", "full.yaml")
     assert rc == 0 and "wrote full.yaml (full sizes)" in out
     full = load_params(project / "full.yaml", project)
@@ -332,3 +334,49 @@ def test_stage_events_travel_typed_from_the_stage_process_to_the_flow(tmp_path, 
     replay = Recorder()
     EventFollower(tmp_path / "stage.jsonl", replay).poll()
     assert replay.calls == [("progress", 1.0, "registered mmada-tiny version 2 (@sft)")]
+
+
+def test_task_table_counts_intervals_and_paired_flips(tmp_path):
+    """Per-task accuracy, Wilson interval and paired flips from the suites' sample files, and how the summary
+    prints them with three answers per task and the grid's captions."""
+    import json
+
+    from mmada.eval.paired import mcnemar_exact, proportion_ci
+    from mmada.pipeline.evaluate import task_table
+    from mmada.pipeline.summary import render
+
+    def write(folder, name, rows):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    after = [True, True, False, True, False, True, True, False]
+    before = [False, True, False, False, False, True, False, True]
+    write(tmp_path, "math_samples.jsonl", [{"id": i, "correct": c, "question": f"q{i}", "response": f"r{i}",
+                                            "extracted": str(i), "gold": "7"} for i, c in enumerate(after)])
+    write(tmp_path / "baseline", "math_samples.jsonl", [{"id": i, "correct": c} for i, c in enumerate(before)])
+    t2i = [{"id": i, "task": "single_object" if i < 3 else "counting", "correct": i % 2 == 0,
+            "caption": f"cap {i}"} for i in range(5)]
+    write(tmp_path, "t2i_samples.jsonl", t2i)
+    write(tmp_path / "baseline", "t2i_samples.jsonl", [{**r, "correct": False} for r in t2i])
+    table = task_table(tmp_path, baseline=True)
+    assert list(table) == ["arithmetic", "t2i single_object", "t2i counting"]
+    m = table["arithmetic"]
+    lo, hi = proportion_ci(5, 8)
+    assert (m["n"], m["correct"], m["accuracy"], m["ci95"]) == (8, 5, 5 / 8, {"low": lo, "high": hi})
+    assert m["baseline"]["correct"] == 3
+    assert m["paired"] == {"turned_correct": 3, "turned_wrong": 1, "p_value": mcnemar_exact(3, 1)}
+    assert table["t2i single_object"]["correct"] == 2 and table["t2i counting"]["n"] == 2
+    assert table["t2i counting"]["paired"]["turned_correct"] == 1
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "generated_grid.png").write_bytes(b"png")
+    ev = {"model": "mmada-tiny/3", "tasks": table, "baseline": {"model": "mmada-tiny/2"}}
+    info = {"datasets": [], "tokenizer": None, "vq": None, "registry": {}, "refs": {}, "eval": ev,
+            "missing": [], "tracking_uri": "sqlite:///x.db"}
+    text = render(info, tmp_path / "project")
+    assert "Per task, on held-out items" in text
+    assert "  arithmetic           8   62.5% [" in text and "3 / 1" in text
+    from mmada.pipeline.summary import sample_lines
+
+    lines = "\n".join(sample_lines(tmp_path))
+    assert "ok math  q0" in lines and "x  math  q2" in lines and "q3" not in lines  # three per task
+    assert "(extracted 0, gold 7)" in lines and " 0 ok cap 0" in lines and " 1 x  cap 1" in lines

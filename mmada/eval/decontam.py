@@ -12,7 +12,8 @@ n-gram based; for templated problems an exact question match is the meaningful n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from mmada.data.shards import ShardSet
 from mmada.errors import MMaDAError
@@ -36,6 +37,34 @@ def questions_in(roots: Iterable[str]) -> set[str]:
         if not found:
             raise MMaDAError(f"{root}: no sample has a question to exclude (kind {shards.manifest.kind!r}); "
                              "give the reasoning/VQA data the model saw")
+        seen |= found
+    return seen
+
+
+def scene_key(metadata: Mapping, question: str | None = None) -> str:
+    """A shapes scene (its ground-truth objects: shape, colour, box) and optionally a question about it.
+
+    The built-in world's captions and questions come from a small grammar ("a red circle", "What color
+    is the circle?"), so they repeat between any two seeds by construction; what can leak from training
+    into evaluation is the same *scene*, or the same question about the same scene.
+    """
+    objs = sorted((o["shape"], o["color"], tuple(o["bbox"])) for o in metadata.get("objects", []))
+    return json.dumps([objs, normalize(question) if question is not None else None])
+
+
+def scenes_in(roots: Iterable[str], *, with_question: bool) -> set[str]:
+    """:func:`scene_key` of every sample (all splits) of the curated shapes shard sets at ``roots``."""
+    seen: set[str] = set()
+    for root in roots:
+        shards = ShardSet.open(root)
+        found = set()
+        for s in shards.iter_samples():
+            meta = s["json"].metadata
+            if isinstance(meta, Mapping) and "objects" in meta:
+                found.add(scene_key(meta, s["json"].question if with_question else None))
+        if not found:
+            raise MMaDAError(f"{root}: no sample has scene metadata (objects) to exclude (kind "
+                             f"{shards.manifest.kind!r}); give the shapes data the model saw")
         seen |= found
     return seen
 

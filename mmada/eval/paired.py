@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scipy.stats import binomtest
+
 from mmada.errors import MMaDAError
 
 
@@ -44,6 +46,17 @@ def mcnemar_exact(gained: int, lost: int) -> float:
     if n == 0:
         return 1.0
     return min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n)  # exact integers, no underflow
+
+
+def proportion_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy ``k / n`` (scipy's ``binomtest(...).proportion_ci``); ``(0, 1)``
+    when ``n`` is 0. Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 % or 100 %."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def paired_flips(before: Mapping[str, bool], after: Mapping[str, bool]) -> PairedFlips:

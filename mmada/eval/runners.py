@@ -39,11 +39,12 @@ from mmada.diffusion.settings import ImageSamplerSettings, SamplerSettings
 from mmada.errors import MMaDAError
 from mmada.eval.classifier import class_accuracy, digits_to_image
 from mmada.eval.clip_score import CLIPScorer
-from mmada.eval.mmu import pope_evaluate, qa_accuracy
+from mmada.eval.mmu import normalize_answer, pope_evaluate, qa_accuracy
 from mmada.eval.report import EvalReport, ModelRef, flatten_metrics
 from mmada.eval.shapes_checker import geneval_summary, score_shapes_image
 from mmada.inference import generate_answers, generate_image_codes, generate_r2i
 from mmada.models.vq import MAGVITv2
+from mmada.tokenization.text import split_think
 
 GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")  # lm-eval gsm8k ``until``
 
@@ -362,14 +363,16 @@ def shapes_vqa_items(records: Sequence[Mapping]) -> list[dict]:
 
 @torch.no_grad()
 def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions: Sequence[str],
-                sampler: SamplerSettings, *, batch_size: int = 8, on_step: StepCallback | None = None) -> list[str]:
+                sampler: SamplerSettings, *, batch_size: int = 8, think: bool = False,
+                on_step: StepCallback | None = None) -> list[str]:
     """Answer questions about images with the model: image codes → ``<|mmu|>`` prefix → block sampler
-    (``on_step``: the sampler's per-step callback)."""
+    (``think``: the question after MMaDA's reasoning instruction, as the curated VQA traces ask it;
+    ``on_step``: the sampler's per-step callback)."""
     out: list[str] = []
     sp = lm.builder.special
     for i in range(0, len(images), batch_size):
         codes = codec.encode(images[i : i + batch_size])
-        batch = lm.builder.mmu(codes, list(questions[i : i + batch_size])).to(lm.device)
+        batch = lm.builder.mmu(codes, list(questions[i : i + batch_size]), think=think).to(lm.device)
         ids = generate_text(
             lm.model, batch.input_ids, sampler, attention_mask=batch.attention_mask, mask_id=sp.mask,
             eos_id=sp.eos, eot_id=sp.eot, generator=_batch_seed(sampler, i).generator(lm.device), on_step=on_step,
@@ -385,16 +388,24 @@ def mmu_answers(lm, codec: ImageCodec, images: Sequence[Image.Image], questions:
 def evaluate_qa(
     items: Sequence[Mapping], *, dataset: str, predictions: Sequence[str] | None = None, lm=None,
     codec: ImageCodec | None = None, sampler: SamplerSettings | None = None, model_ref: ModelRef | None = None,
-    prediction_field: str = "prediction",
+    prediction_field: str = "prediction", think: bool = False, batch_size: int = 8,
 ) -> tuple[EvalReport, list[dict]]:
-    """MMU QA accuracy (normalised exact match + contains) from predictions or from the model."""
+    """MMU QA accuracy (normalised exact match + contains) from predictions or from the model.
+
+    With ``think`` the model is asked as the curated reasoning VQA asks (MMaDA's instruction, then the
+    question) and answers ``<think>trace</think> answer``: the answer after the trace is scored (the
+    rule of the ``mmu_correctness`` reward); rows keep the whole ``response``. Each row has ``correct``
+    (normalised exact match), so two evaluations compare item by item (:mod:`mmada.eval.paired`).
+    """
     if not items:
         raise MMaDAError(f"{dataset}: no QA items")
     if lm is not None:
         if codec is None:
             raise MMaDAError("evaluating MMU with a model needs an image tokenizer (codec)")
         sampler = sampler or SamplerSettings(steps=8, gen_length=8, block_length=8)
-        preds = mmu_answers(lm, codec, [it["image"] for it in items], [it["question"] for it in items], sampler)
+        responses = mmu_answers(lm, codec, [it["image"] for it in items], [it["question"] for it in items], sampler,
+                                think=think, batch_size=batch_size)
+        preds = [split_think(r)[1] if think else r for r in responses]
     else:
         if predictions is None:
             missing = [i for i, it in enumerate(items) if prediction_field not in it]
@@ -402,13 +413,16 @@ def evaluate_qa(
                 raise MMaDAError(f"QA item {missing[0]} has no {prediction_field!r} field and no model was given")
             predictions = [it[prediction_field] for it in items]
         preds = list(predictions)
+        responses = preds
     m = qa_accuracy(preds, [it["answer"] for it in items])
-    rows = [{"id": it.get("id", i), "question": it["question"], "answer": it["answer"], "prediction": p}
-            for i, (it, p) in enumerate(zip(items, preds, strict=True))]
+    rows = [{"id": it.get("id", i), "question": it["question"], "answer": it["answer"], "prediction": p,
+             "correct": normalize_answer(p) == normalize_answer(it["answer"])}
+            | ({"response": r} if r != p else {})
+            for i, (it, p, r) in enumerate(zip(items, preds, responses, strict=True))]
     report = EvalReport(
         suite="mmu", protocol="normalized_exact_match", dataset=dataset, n=m["n"], model=model_ref or ModelRef(),
         source="model" if lm is not None else "predictions_file", sampler=sampler, metrics={"exact_match": m["exact_match"], "contains_match": m["contains_match"]},
-        details={"image_tokenizer": getattr(codec, "name", None)},
+        details={"image_tokenizer": getattr(codec, "name", None), "think": think if lm is not None else None},
     )
     return report, rows
 
@@ -485,7 +499,9 @@ def evaluate_t2i_shapes(
         suite="t2i_shapes", protocol="geneval_shapes", dataset=dataset, n=len(rows), model=model_ref or ModelRef(),
         source=source, sampler=sampler, metrics=metrics, details={"n_per_task": summary["n"]},
     )
-    return report, rows, image_grid(list(images[:grid_size]), ncol=8, scale=2)
+    # each image labelled with its position (the captions are in the rows) and the checker's verdict
+    labels = [f"{i} {'ok' if r['correct'] else 'x'}" for i, r in enumerate(rows[:grid_size])]
+    return report, rows, image_grid(list(images[:grid_size]), ncol=8, scale=2, labels=labels)
 
 
 def evaluate_class(

@@ -9,9 +9,11 @@ and collects the metrics into ``runs/pipeline/metrics/eval.json``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from mmada.eval.paired import paired_flips, proportion_ci
 from mmada.eval.suites import (
     EvalModel,
     EvalOutputs,
@@ -37,18 +39,24 @@ def planned_suites(p: EvalParams, *, recon: bool = True) -> list[str]:
 
 
 def run_suite(suite: str, p: EvalParams, *, model: EvalModel, image_tokenizer: str, out: EvalOutputs) -> SuiteResult:
-    """One suite on the held-out built-in problems/scenes (``p.data_seed``) with the parameters' samplers."""
+    """One suite on the built-in problems/scenes of ``p.data_seed`` with the parameters' samplers, held out
+    from the curated training shards when ``p.held_out`` (items the shards hold are dropped and counted)."""
+    def held(name: str) -> list[str] | None:
+        return [S.data_dir(name)] if p.held_out else None
+
     if suite == "math":
         reasoning = p.math_prompt == "reasoning"  # the bare question after MMaDA's <think> instruction
         return math_suite("builtin:arithmetic", protocol=p.math_protocol, model=model, sampler=p.sampler, out=out,
                           n=p.math_n, data_seed=p.data_seed, prompt_template="{question}" if reasoning else None,
-                          think=reasoning)
+                          think=reasoning, exclude_data=held("arithmetic"), difficulty=p.math_difficulty)
     if suite == "mmu":
         return mmu_suite("builtin:shapes", model=model, sampler=p.sampler, out=out, n=p.mmu_n, data_seed=p.data_seed,
-                         image_tokenizer=image_tokenizer)
+                         image_tokenizer=image_tokenizer, think=p.mmu_prompt == "reasoning",
+                         exclude_data=held("shapes_vqa"))
     if suite == "t2i":
         return t2i_suite(checker="shapes", model=model, sampler=p.image_sampler, out=out, data="builtin:shapes",
-                         n=p.t2i_n, data_seed=p.data_seed, image_tokenizer=image_tokenizer)
+                         n=p.t2i_n, data_seed=p.data_seed, image_tokenizer=image_tokenizer,
+                         exclude_data=held("shapes"))
     return recon_suite("builtin:shapes", image_tokenizer=image_tokenizer, out=out, n=p.recon_n, data_seed=p.data_seed)
 
 
@@ -100,11 +108,52 @@ def run_evaluate(p: EvalParams, ctx: StageContext, *, model_ref_path: Path, imag
             ctx.reporter.progress((i + 1) / len(plan), f"{what}: " + ", ".join(
                 f"{k} {fmt(v)}" for k, v in res.report.metrics.items()))
         write_json(tmp / "model_ref.json", ref)
+        results["tasks"] = task_table(tmp, baseline="baseline" in results)
     write_json(ctx.outputs.metrics("eval"), results)
     ctx.reporter.table(eval_rows(results), f"Evaluation of {results['model']}")
     ctx.reporter.markdown(eval_md(results, target), "evaluation summary")
     ctx.reporter.progress(1.0, f"{len(plan)} evaluations -> {ctx.outputs.metrics('eval')}")
     return results
+
+
+# (name, samples file, row filter) of the per-task table: the three skills, t2i split by GenEval-like task
+TASKS: list[tuple[str, str, str | None]] = [
+    ("arithmetic", "math_samples.jsonl", None),
+    ("shapes VQA", "mmu_samples.jsonl", None),
+    *((f"t2i {t}", "t2i_samples.jsonl", t)
+      for t in ("single_object", "colors", "two_objects", "counting", "position", "color_attr")),
+]
+
+
+def _verdicts(path: Path, task: str | None) -> dict[str, bool]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return {str(r["id"]): bool(r["correct"]) for r in rows if task is None or r.get("task") == task}
+
+
+def _ci(k: int, n: int) -> dict[str, float]:
+    lo, hi = proportion_ci(k, n)
+    return {"low": lo, "high": hi}
+
+
+def task_table(folder: Path, *, baseline: bool) -> dict[str, dict[str, Any]]:
+    """Accuracy per task with its 95 % (Wilson) interval, for the evaluated model and, with ``baseline``, the
+    @sft model on the same items with the same sampler seeds, plus the paired turned-correct / turned-wrong
+    counts and the exact McNemar p-value (:mod:`mmada.eval.paired`). Keyed by task (a DVC metrics tree)."""
+    table: dict[str, dict[str, Any]] = {}
+    for name, file, task in TASKS:
+        after = _verdicts(folder / file, task)
+        if not after:
+            continue
+        k, n = sum(after.values()), len(after)
+        row: dict[str, Any] = {"n": n, "correct": k, "accuracy": k / n, "ci95": _ci(k, n)}
+        if baseline:
+            before = _verdicts(folder / "baseline" / file, task)
+            kb = sum(before.values())
+            flips = paired_flips(before, after)
+            row["baseline"] = {"correct": kb, "accuracy": kb / n, "ci95": _ci(kb, n)}
+            row["paired"] = {"turned_correct": flips.gained, "turned_wrong": flips.lost, "p_value": flips.p_value}
+        table[name] = row
+    return table
 
 
 def eval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,7 +162,7 @@ def eval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     base = results.get("baseline") or {}
     rows = []
     for suite, m in results.items():
-        if suite == "baseline" or not isinstance(m, dict):
+        if suite in ("baseline", "tasks") or not isinstance(m, dict):
             continue
         for k, v in m.items():
             row: dict[str, Any] = {"suite": suite, "metric": k, "value": v}

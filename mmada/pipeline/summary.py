@@ -125,17 +125,8 @@ def render(info: dict[str, Any], root: str | Path = ".") -> str:
             if base:
                 row += f"  {_num(r['baseline']):>8}  {_num(r['delta'], signed=True):>8}"
             lines.append(row)
-        ed = root / S.EVAL_DIR
-        lines.append("Sample outputs:")
-        for row in _first_jsonl(ed / "math_samples.jsonl", 3):
-            q = row.get("question") or row.get("prompt") or row.get("id", "")
-            a = row.get("response") or row.get("prediction") or ""
-            lines.append(f"  math  {_short(q, 60)}: {_short(a) or '(empty answer)'!s}  (gold {row.get('gold', row.get('answer'))})")
-        for row in _first_jsonl(ed / "mmu_samples.jsonl", 2):
-            a = _short(row.get("prediction", ""), 40) or "(empty answer)"
-            lines.append(f"  mmu   {_short(row.get('question', ''), 60)} {a}  (gold {row.get('answer')})")
-        for png in sorted((ed / "images").glob("*.png")):
-            lines.append(f"  image {png}")
+        lines += task_lines(ev.get("tasks") or {}, base is not None)
+        lines += sample_lines(root / S.EVAL_DIR)
     for stage in S.TRAIN_STAGES:
         p = root / S.plot_file(stage)
         if p.is_file():
@@ -150,6 +141,61 @@ def render(info: dict[str, Any], root: str | Path = ".") -> str:
         "=" * 78,
     ]
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def _acc(k: int, n: int, ci: dict) -> str:
+    return f"{_pct(k / n)} [{100 * ci['low']:4.1f}-{100 * ci['high']:4.1f}]"
+
+
+def task_lines(tasks: dict[str, Any], paired: bool) -> list[str]:
+    """The per-task table: accuracy with its 95 % interval; with a baseline the paired flips and p-value."""
+    if not tasks:
+        return []
+    head = f"  {'task':<17} {'n':>4}  {'model':<19}"
+    if paired:
+        head += f"  {'@sft (baseline)':<19}  {'turned correct / wrong':>22}  {'p (exact)':>9}"
+    lines = ["Per task, on held-out items (accuracy [95% Wilson interval]"
+             + ("; @grpo vs @sft on the same items and sampler seeds):" if paired else "):"), head]
+    for name, t in tasks.items():
+        row = f"  {name:<17} {t['n']:>4}  {_acc(t['correct'], t['n'], t['ci95']):<19}"
+        if paired and "baseline" in t:
+            b, f = t["baseline"], t["paired"]
+            row += (f"  {_acc(b['correct'], t['n'], b['ci95']):<19}  "
+                    f"{str(f['turned_correct']) + ' / ' + str(f['turned_wrong']):>22}  {f['p_value']:>9.3g}")
+        lines.append(row)
+    return lines
+
+
+def sample_lines(ed: Path, k: int = 3) -> list[str]:
+    """Three answers per task next to their gold, and the generated-image grid with its captions."""
+    lines = ["Sample answers of the evaluated model (first items; gold in brackets):"]
+    for row in _first_jsonl(ed / "math_samples.jsonl", k):
+        mark = "ok" if row.get("correct") else "x "
+        lines.append(f"  {mark} math  {_short(row.get('question', ''), 70)}")
+        lines.append(f"           -> {_short(row.get('response') or '(empty answer)', 80)}  "
+                     f"(extracted {row.get('extracted')}, gold {row.get('gold')})")
+    for row in _first_jsonl(ed / "mmu_samples.jsonl", k):
+        mark = "ok" if row.get("correct") else "x "
+        answer = row.get("prediction") or "(empty answer)"
+        lines.append(f"  {mark} vqa   {_short(row.get('question', ''), 40)} -> {_short(answer, 30)}  "
+                     f"(gold {row.get('answer')})")
+        if row.get("response"):
+            lines.append(f"           trace: {_short(row['response'], 80)}")
+    grid = ed / "images" / "generated_grid.png"
+    rows = _first_jsonl(ed / "t2i_samples.jsonl", 32)
+    if grid.is_file() and rows:
+        lines.append(f"  t2i   {grid}: image i (left to right, 8 per row; 'ok' = the checker passed it) was asked for")
+        cells = [f"{i:>2} {'ok' if r.get('correct') else 'x '} {_short(r.get('caption', ''), 34):<34}"
+                 for i, r in enumerate(rows)]
+        lines += ["        " + "  ".join(cells[i : i + 2]) for i in range(0, len(cells), 2)]
+    for png in sorted((ed / "images").glob("*.png")):
+        if png != grid:
+            lines.append(f"  image {png}")
+    return lines
 
 
 def summary_text(root: str | Path = ".") -> str:

@@ -94,6 +94,9 @@ class LossSpec(Strict):
     image_schedule: str = "cosine"
     """Image mask schedule γ(t): cosine | linear | sigmoid | pow<k>."""
     min_masking_rate: float = Field(0.0, ge=0, le=1)
+    per_task_forward: bool = False
+    """One forward per task instead of one over all rows padded to the longest task (same losses; less
+    padding on CPU, where the tiny presets use it; one larger forward suits GPUs and sharded models)."""
 
 
 class SamplesSpec(Strict):

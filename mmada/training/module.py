@@ -207,7 +207,7 @@ class DiffusionModule(MMaDAModule):
         return unified_loss(
             self.model, to_sequence_batches(batch), mask_id=self.special.mask, coeffs=coeffs,
             image_schedule=self.cfg.loss.image_schedule, min_masking_rate=self.cfg.loss.min_masking_rate,
-            generator=generator,
+            generator=generator, per_task_forward=self.cfg.loss.per_task_forward,
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
