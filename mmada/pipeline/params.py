@@ -54,7 +54,7 @@ class TokenizerParams(Strict):
 class EvalParams(Strict):
     """What the ``evaluate`` stage measures and with which sampler settings."""
 
-    math_n: int = Field(200, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
+    math_n: int = Field(64, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
     math_protocol: Literal["gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag"] = Field(
         "gsm8k_flexible", description="Answer-extraction protocol of the math suite.")
     math_prompt: Literal["reasoning", "lm_eval"] = Field(
@@ -63,14 +63,14 @@ class EvalParams(Strict):
     math_difficulty: tuple[int, int] | None = Field(
         (1, 2), description="Operations per held-out arithmetic problem, an inclusive [lo, hi] (the curated data's "
         "range is the natural choice); null: the generator's default 1-3.")
-    mmu_n: int = Field(60, ge=0, le=10000, description="Shapes scenes whose VQA questions are asked (0: skip).")
+    mmu_n: int = Field(16, ge=0, le=10000, description="Shapes scenes whose VQA questions are asked (0: skip).")
     mmu_prompt: Literal["reasoning", "plain"] = Field(
         "reasoning", description="reasoning: the question after MMaDA's <think> instruction, as in the curated VQA "
         "traces, scoring the answer after </think>; plain: the bare question, scoring the whole answer.")
     held_out: bool = Field(
         True, description="Drop evaluation items the training shards hold: arithmetic questions, VQA questions "
         "about the same scene, t2i scenes (as `mmada eval --exclude-data` does); reported per suite.")
-    t2i_n: int = Field(300, ge=0, le=10000, description="Shapes captions to generate images for (0: skip).")
+    t2i_n: int = Field(32, ge=0, le=10000, description="Shapes captions to generate images for (0: skip).")
     recon_n: int = Field(32, ge=0, le=10000, description="Images reconstructed by the image tokenizer (0: skip).")
     baseline: Literal["sft", "none"] = Field(
         "sft", description="sft: also evaluate the @sft model UniGRPO started from (same problems, same sampler), "
@@ -213,9 +213,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "demo": {
         "curate": {
             # one- and two-step problems: what a 4M-parameter model learns in minutes (evaluate.math_difficulty)
-            "arithmetic": _curate("arithmetic", sources={"0": {"n": 4000, "difficulty": [1, 2]}}),
-            "shapes": _curate("shapes", sources={"0": {"n": 3000}}),
-            "shapes_vqa": _curate("shapes_vqa", sources={"0": {"n": 1000}}),
+            "arithmetic": _curate("arithmetic", sources={"0": {"n": 2000, "difficulty": [1, 2]}},
+                                  shards={"max_samples": 1000}),
+            "shapes": _curate("shapes", sources={"0": {"n": 1000}}, shards={"max_samples": 500}),
+            "shapes_vqa": _curate("shapes_vqa", sources={"0": {"n": 300}}, shards={"max_samples": 500}),
             "digits": _curate("digits"),
         },
         "vq": {"config": "configs/vq/tiny.yaml", "data": {"num_train": 4096, "num_val": 128},
@@ -226,7 +227,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                            trainer={"max_steps": 400, "val_every_n_steps": 400}, optim={"warmup_steps": 30},
                            checkpoint={"every_n_steps": 100}),
         "sft": _train("sft", data={"val_batches": 4, "streams": {"chat": {"max_text_len": 140}}},
-                      trainer={"max_steps": 400, "val_every_n_steps": 400},
+                      trainer={"max_steps": 250, "val_every_n_steps": 250},
                       optim={"warmup_steps": 20}, checkpoint={"every_n_steps": 100}),
         "grpo": _train("grpo", trainer={"max_steps": 8}, checkpoint={"every_n_steps": 8},
                        grpo={"num_generations": 4}),
