@@ -174,8 +174,8 @@ def test_bad_params_name_the_field(project, cli):
 def test_params_show_and_write(project, cli):
     rc, out, _ = cli(project, "pipeline", "params")
     shown = yaml.safe_load(out)
-    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 400
-    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 4000
+    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 250
+    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 2000
     rc, out, _ = cli(project, "pipeline", "params", "--write", "--profile", "full", "--params", "full.yaml")
     assert rc == 0 and "wrote full.yaml (full sizes)" in out
     full = load_params(project / "full.yaml", project)
