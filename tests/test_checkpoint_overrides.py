@@ -89,5 +89,6 @@ def test_eval_config_override(data, wrong_config_checkpoint, tmp_path, capsys):
         return [Image.open(p).size for p in sorted((tmp_path / name).rglob("*.png"))]
 
     released, corrected = run("released"), run("corrected", "--config-override", "num_vq_tokens=64")
-    # the image grid (two images side by side) of 16 px images as released, of 32 px ones corrected
-    assert released == [(70, 36)] and corrected == [(134, 68)]
+    # the image grid (two images side by side, each over a 12 px verdict label) of 16 px images as
+    # released, of 32 px ones corrected
+    assert released == [(70, 48)] and corrected == [(134, 80)]
