@@ -28,6 +28,9 @@ MAX_STEPS = 10_000_000
 (MMaDA's pretraining is some hundred thousand steps), far below a typo such as ``10**12``."""
 MAX_COUNT = 1_000_000
 """Upper bound of other counts (items, generations, retries, images) a config accepts."""
+MAX_IMAGE_SIDE = 8192
+"""Upper bound of an image side (pixels) a config may ask to generate or resize to: 16x MMaDA's 512 px,
+far below a typo such as ``200000`` (one 200000 px RGB image is 120 GB)."""
 
 
 class Strict(BaseModel):

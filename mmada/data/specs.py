@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mmada.builtin.shapes import TASKS
-from mmada.config import Strict, apply_overrides, parse_yaml, validate
+from mmada.config import MAX_COUNT, MAX_IMAGE_SIDE, Strict, apply_overrides, parse_yaml, validate
 from mmada.data.errors import SpecError
 from mmada.data.io import BUILTIN_URIS, check_uri, read_bytes
 from mmada.tokenization.text import THINK_PREFIX
@@ -159,11 +159,11 @@ class BuiltinSource(SourceBase):
     """Built-in generators that need no download: builtin:arithmetic, builtin:shapes, sklearn:digits."""
 
     type: Literal["builtin"] = "builtin"
-    n: int | None = Field(None, ge=1, description="Records to generate (sklearn:digits: at most 1797)")
+    n: int | None = Field(None, ge=1, le=MAX_COUNT, description="Records to generate (sklearn:digits: at most 1797)")
     seed: int = 0
     difficulty: int | tuple[int, int] = Field((1, 3), description="arithmetic: operations per problem")
-    max_operand: int = Field(9, ge=2, description="arithmetic: largest operand")
-    image_size: int = Field(32, ge=8, description="shapes/digits: output image side")
+    max_operand: int = Field(9, ge=2, le=MAX_COUNT, description="arithmetic: largest operand")
+    image_size: int = Field(32, ge=8, le=MAX_IMAGE_SIDE, description="shapes/digits: output image side")
     tasks: list[str] | None = Field(None, description="shapes: scene tasks (default: all)")
     vqa: bool = Field(False, description="shapes: emit one record per VQA question (for kind mmu)")
 
@@ -268,12 +268,12 @@ class SplitSpec(Strict):
 
 
 class ShardSpec(Strict):
-    max_samples: int = Field(10_000, ge=1, description="Samples per shard")
+    max_samples: int = Field(10_000, ge=1, le=MAX_COUNT, description="Samples per shard")
     max_bytes: int = Field(1_000_000_000, ge=4096, description="Bytes per shard (a soft limit: ~1 GB suits DVC)")
 
 
 class ImageSpec(Strict):
-    size: int | None = Field(None, ge=8, description="Resize (shorter side) + centre-crop to size×size; None: keep")
+    size: int | None = Field(None, ge=8, le=MAX_IMAGE_SIDE, description="Resize (shorter side) + centre-crop to size×size; None: keep")
 
 
 class VQSpec(Strict):
@@ -281,9 +281,9 @@ class VQSpec(Strict):
 
     enabled: bool = False
     model: str = Field("tiny", description="Tokenizer: a checkpoint dir, 'tiny', 'official', models:/… (mmada.data.vq.load_tokenizer_model)")
-    resolution: int | None = Field(None, ge=8)
+    resolution: int | None = Field(None, ge=8, le=MAX_IMAGE_SIDE)
     mode: Literal["crop", "squash", "none"] = Field("crop", description="resize mode of encode_images")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=MAX_COUNT)
     device: str | None = Field(None, description="torch device; None: cuda if available")
     keep_png: bool = Field(True, description="Keep the png member next to the codes")
 
@@ -303,7 +303,7 @@ class CurationSpec(Strict):
     vq: VQSpec = Field(default_factory=VQSpec)
     tokenizer: str | None = Field("builtin", description="Text tokenizer for token filters/stats; None: off")
     output: str = Field("runs/data/{name}", description="Output URI; {name} and {spec_hash} are filled in")
-    chunk_size: int = Field(5000, ge=1, description="Records per curation task (does not change the output)")
+    chunk_size: int = Field(5000, ge=1, le=MAX_COUNT, description="Records per curation task (does not change the output)")
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from mmada.builtin.shapes import generate_shapes
-from mmada.config import Strict
+from mmada.config import MAX_COUNT, MAX_IMAGE_SIDE, Strict
 from mmada.data.sources.builtin import DIGITS_N, digit_image
 from mmada.data.sources.vision import IMAGE_EXTS
 from mmada.errors import ConfigError, MMaDAError
@@ -73,15 +73,15 @@ class ImageDataSpec(Strict):
     (8×8 gray, upscaled, RGB); ``folder``: image files under ``folder``."""
     folder: str | None = None
     """Directory of images (searched recursively) for ``source: folder``."""
-    image_size: int = Field(32, ge=8)
+    image_size: int = Field(32, ge=8, le=MAX_IMAGE_SIDE)
     """Training resolution (square); must be a multiple of the model's downsampling factor."""
     resize_mode: Literal["crop", "squash", "none"] = "crop"
-    num_train: int = Field(8192, ge=1)
+    num_train: int = Field(8192, ge=1, le=MAX_COUNT)
     """Generated training images (built-in sources); ``folder`` uses every file."""
-    num_val: int = Field(256, ge=1)
+    num_val: int = Field(256, ge=1, le=MAX_COUNT)
     """Held-out images (built-in: a different seed; folder: the last ``num_val`` files)."""
     seed: int = 0
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=MAX_COUNT)
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")

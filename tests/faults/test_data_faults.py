@@ -180,6 +180,39 @@ def test_a_directory_as_a_jsonl_source_is_named(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------
+# also seen: absurd sizes and counts (a typo in a form or an API call) were accepted; an image side of
+# 200000 px asked the built-in generator for a 120 GB image (MemoryError traceback, or the OOM killer)
+
+
+@pytest.mark.parametrize("override", ["sources.0.image_size=200000", "sources.0.n=1000000000000",
+                                      "images.size=200000", "vq.resolution=200000",
+                                      "shards.max_samples=1000000000000", "chunk_size=1000000000000"])
+def test_absurd_sizes_and_counts_in_a_spec_are_refused_naming_the_field(tmp_path, capsys, override):
+    field = override.split("=")[0]
+    rc, _, err = curate_cli(capsys, str(REPO / "data_specs/shapes.yaml"), "--out", str(tmp_path / "out"),
+                            "--set", override)
+    line = one_line_error(err)
+    assert rc == 2 and f"{field}: Input should be less than or equal to" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("config", "override"), [
+    ("train", "data.image_resolution=200000"), ("train", "data.streams.chat.batch_size=1000000000000"),
+    ("train", "data.streams.chat.max_text_len=1000000000000"), ("vq", "data.image_size=200000"),
+    ("vq", "data.num_train=1000000000000")])
+def test_absurd_sizes_and_counts_of_training_data_are_refused_naming_the_field(config, override):
+    from mmada.config import load_config
+    from mmada.errors import ConfigError
+    from mmada.training.config import TrainConfig
+    from mmada.training.vq import VQTrainConfig
+
+    cls, path = {"train": (TrainConfig, "configs/train/tiny_sft.yaml"), "vq": (VQTrainConfig, "configs/vq/tiny.yaml")}[config]
+    field = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{field}: Input should be less than or equal to"):
+        load_config(cls, REPO / path, [override])
+
+
+# ------------------------------------------------------------------------------------------------
 # row 8: images keep their dynamic range (16-bit scaled to 8 bits, not clipped)
 
 
