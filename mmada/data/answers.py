@@ -159,18 +159,29 @@ def final_answer(text: str | None) -> str | None:
     """
     if not text:
         return None
-    _, sep, tail = text.rpartition("</think>")
-    t = tail if sep and tail.strip() else text
-    tag = _answer_tag(t)
+    t = _solution_part(text)
+    marked = _marked_result(t)
+    return marked if marked is not None else last_number(t)
+
+
+def _marked_result(text: str) -> str | None:
+    """The answer a marker gives: ``<answer>``, else the last ``\\boxed{}``, else ``#### N``; None if none."""
+    tag = _answer_tag(text)
     if tag is not None:
         return tag
-    boxed = last_boxed(t)
+    boxed = last_boxed(text)
     if boxed is not None:
         return boxed
-    split = split_gsm8k(t)
+    split = split_gsm8k(text)
     if split is not None:
         return split[1].splitlines()[0].strip()  # what follows on later lines is not the answer
-    return last_number(t)
+    return None
+
+
+def _solution_part(text: str) -> str:
+    """The part after the last ``</think>`` when something follows it, else the whole text."""
+    _, sep, tail = text.rpartition("</think>")
+    return tail if sep and tail.strip() else text
 
 
 # A stated result in prose: "the answer is 12", "The final answer is: $1,200".
@@ -203,22 +214,11 @@ def _calculations(text: str) -> list[tuple[str, ...]]:
 
 def _stated_result(text: str) -> str | None:
     """A final result the text states: ``<answer>``, ``\\boxed{}``, ``#### N`` or "the answer is N"."""
-    tag = _answer_tag(text)
-    if tag is not None:
-        return tag
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    split = split_gsm8k(text)
-    if split is not None:
-        return split[1].splitlines()[0].strip()
+    marked = _marked_result(text)
+    if marked is not None:
+        return marked
     said = _STATED_RE.findall(text)
     return said[-1] if said else None
-
-
-def _solution_part(text: str) -> str:
-    _, sep, tail = text.rpartition("</think>")
-    return tail if sep and tail.strip() else text
 
 
 def computed_answer(trace: str | None) -> str | None:

@@ -86,6 +86,17 @@ class SequenceBuilder:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.encode(text)
 
+    def _image_slots(self, image_codes: torch.Tensor | None, num_image_tokens: int | None, B: int, task: str,
+                     rows: str) -> torch.Tensor:
+        """(B, N) image token ids: the codes' ids, or N masks to generate when no codes are given."""
+        if image_codes is None:
+            if num_image_tokens is None:
+                raise MMaDAError(f"{task} needs image_codes or num_image_tokens")
+            return torch.full((B, num_image_tokens), self.special.mask, dtype=torch.long)
+        if image_codes.shape[0] != B:
+            raise MMaDAError(f"{task} got {B} {rows} but {image_codes.shape[0]} images")
+        return self.image_ids(image_codes)
+
     def image_ids(self, codes: torch.Tensor) -> torch.Tensor:
         """Image codes (…, N) in [0, codebook) → unified token ids."""
         return codes.long() + self.special.image_offset
@@ -101,14 +112,7 @@ class SequenceBuilder:
         """
         sp = self.special
         B = len(captions)
-        if image_codes is None:
-            if num_image_tokens is None:
-                raise MMaDAError("t2i needs image_codes or num_image_tokens")
-            img = torch.full((B, num_image_tokens), sp.mask, dtype=torch.long)
-        else:
-            if image_codes.shape[0] != B:
-                raise MMaDAError(f"t2i got {B} captions but {image_codes.shape[0]} images")
-            img = self.image_ids(image_codes)
+        img = self._image_slots(image_codes, num_image_tokens, B, "t2i", "captions")  # (B, N)
         N = img.shape[1]
         L = max_text_len + 1 + 1 + N + 1
         ids = torch.empty((B, L), dtype=torch.long)
@@ -194,14 +198,7 @@ class SequenceBuilder:
         B = len(prompt_ids)
         if any(not p or p[0] != sp.r2i for p in prompt_ids):
             raise MMaDAError("r2i prompts must start with the <|r2i|> task token (SequenceBuilder.r2i_prompt)")
-        if image_codes is None:
-            if num_image_tokens is None:
-                raise MMaDAError("r2i needs image_codes or num_image_tokens")
-            img = torch.full((B, num_image_tokens), sp.mask, dtype=torch.long)
-        else:
-            if image_codes.shape[0] != B:
-                raise MMaDAError(f"r2i got {B} prompts but {image_codes.shape[0]} images")
-            img = self.image_ids(image_codes)
+        img = self._image_slots(image_codes, num_image_tokens, B, "r2i", "prompts")  # (B, N)
         text, prompt = self._rows_from_ids([p[1:] for p in prompt_ids], answer_ids, max_text_len)  # (B, T)
         N = img.shape[1]
         col = lambda v: torch.full((B, 1), v, dtype=torch.long)  # noqa: E731
