@@ -176,9 +176,9 @@ def test_r2i_rollout_masks_and_first_policy_step(tok):
     out = policy_loss(model, scored, its[0], cfg)
     assert float(out.ratio_mean) == 1.0
     assert float(out.loss.detach()) == pytest.approx(-float(scored.advantages.advantages.mean()), abs=1e-6)
-    with pytest.raises(ConfigError, match="max_text_len=64 cannot hold the r2i prompt"):
+    with pytest.raises(ConfigError, match="max_text_len=12 cannot hold the r2i prompt"):
         rollout_r2i(model, sb, CAPTIONS, 2, text=text, image=ImageSamplerSettings(steps=2), decode=None,
-                    num_image_tokens=16, codebook_size=1024, max_text_len=64)
+                    num_image_tokens=16, codebook_size=1024, max_text_len=12)
 
 
 def test_unigrpo_stage_with_an_r2i_stream(tok, tmp_path_factory, tmp_path):

@@ -7,6 +7,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from mmada.builtin.arithmetic import generate_arithmetic
 from mmada.errors import MMaDAError, VocabError
 from mmada.models import MMaDAConfig
 from mmada.models.configuration import BUILTIN_TOKEN_IDS
@@ -21,6 +22,7 @@ from mmada.tokenization import (
     train_bpe_tokenizer,
 )
 from mmada.tokenization.special import OFFICIAL_IDS
+from mmada.tokenization.text import R2I_PREFIX, THINK_PREFIX
 from tests.llada_layout import SHIPPED_TEMPLATE, llada_tokenizer_dir
 
 
@@ -54,6 +56,34 @@ def test_builtin_tokenizer_splits_digits(tok):
     assert tok.convert_tokens_to_ids(["1", "7"]) == [i for i in q_ids if tok.convert_ids_to_tokens(i).isdigit()]
     assert len(b_ids) <= 6  # "\boxed" is in the corpus: " \", "boxed", "{", "1", "7", "}"
     assert tok.decode(b_ids) == " \\boxed{17}"
+
+
+def test_reasoning_instructions_are_one_token_that_decodes_to_its_text(tok):
+    """MMaDA's two instructions start every reasoning row: one id each, found inside longer text, and not
+    special (decoding with skip_special_tokens keeps them, so a printed prompt reads as it was written)."""
+    sb = SequenceBuilder(tok)
+    for prefix in (THINK_PREFIX, R2I_PREFIX):
+        ids = tok(prefix + "Ann has 3 apples.", add_special_tokens=False)["input_ids"]
+        assert len(tok(prefix, add_special_tokens=False)["input_ids"]) == 1
+        assert tok.decode(ids[:1]) == prefix and tok.decode(ids, skip_special_tokens=True) == prefix + "Ann has 3 apples."
+    plain, think = sb.chat_prompt("Ann has 3 apples.", think=False), sb.chat_prompt("Ann has 3 apples.", think=True)
+    assert len(think) == len(plain) + 1 and tok.decode(think[5]) == THINK_PREFIX
+
+
+def test_one_step_questions_put_operands_at_fixed_distances_from_the_end(tok):
+    """The built-in phrasing: the same token count for every question with the same number of steps, so the
+    starting value and the operand sit at the same distance from the question's end (what a model attending
+    by relative position copies from)."""
+    lengths, offsets = set(), set()
+    for r in generate_arithmetic(300, seed=3, difficulty=1):
+        ids = tok(r["question"], add_special_tokens=False)["input_ids"]
+        toks = [tok.decode([i]) for i in ids]
+        first, op, n = r["thinking"].split()[:3]
+        lengths.add(len(ids))
+        assert toks[3] == first  # "<name> has ␣ <value>"
+        if op in "+-":  # "Then he buys ␣ <n> more <x>." / "Then he gives ␣ <n> <x> away."
+            offsets.add(len(toks) - 1 - max(i for i, t in enumerate(toks) if t == n))
+    assert lengths == {22} and offsets == {11}
 
 
 def test_bpe_training_is_deterministic_and_pads_vocab():

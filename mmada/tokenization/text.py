@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mmada.builtin.arithmetic import generate_arithmetic
@@ -26,7 +26,8 @@ from mmada.files import atomic_dir
 from mmada.tokenization.special import SPECIAL_TOKENS
 
 BUILTIN_VOCAB_SIZE = 1024
-BUILTIN_VERSION = "2"  # bump when the corpus or the training recipe changes (2: single-digit tokens, \boxed{})
+BUILTIN_VERSION = "3"  # bump when the corpus or the training recipe changes (2: single-digit tokens, \boxed{};
+# 3: the reasoning instructions are one token each)
 
 # The chat format MMaDA was trained and is run with: the chat_template that Gen-Verse/MMaDA generate.py
 # (main) and app.py install on the LLaDA tokenizer, replacing the one it ships (docs/model.md): bos
@@ -98,13 +99,19 @@ def train_bpe_tokenizer(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
+    # MMaDA's two instructions (THINK_PREFIX, R2I_PREFIX: 50 and 47 tokens as BPE pieces) are one token
+    # each, as whole strings (not special: they decode back to their text). Every reasoning row starts
+    # with one, so a 4M model spends ~2x less compute per row on a constant, and asking for reasoning
+    # is the same string everywhere (curation, rollouts, evaluation, the playground).
+    instructions = [AddedToken(t, normalized=False, special=False) for t in (THINK_PREFIX, R2I_PREFIX)]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(instructions),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens(instructions)
     missing = vocab_size - tok.get_vocab_size()
     if missing > 0:
         tok.add_special_tokens([f"<|reserved_{i}|>" for i in range(missing)])
