@@ -17,12 +17,17 @@ from dataclasses import dataclass
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo", "Mia", "Noah"]
 ITEMS = ["apples", "books", "coins", "pens", "stamps", "shells", "marbles", "cards", "cookies", "stickers"]
 
-# Operation phrasings: (kind, template). ``{n}`` is the operand, ``{x}`` the item noun.
+# Operation phrasings: (kind, template). ``{n}`` is the operand, ``{x}`` the item noun. Every phrase is
+# five tokens of the built-in tokenizer with the operand (if stated) two tokens before its end, and every
+# name and item is one token, so an operand sits at the same distance from the end of every question with
+# the same number of steps (22 tokens for one step). The tiny masked-diffusion model attends by relative
+# position (RoPE); with the earlier phrasings of 3-12 tokens it copied the operand next to the question's
+# end but often not the first one (docs/results.md). Doubling and halving name their operand by the verb.
 _PHRASES = {
-    "add": ["buys {n} more {x}", "finds {n} more {x}", "gets {n} {x} from a friend", "wins {n} {x}"],
-    "sub": ["gives away {n} {x}", "loses {n} {x}", "sells {n} {x}", "uses {n} {x}"],
-    "mul": ["multiplies the pile by {n}", "ends up with {n} times as many {x}"],
-    "div": ["shares the {x} equally among {n} friends and keeps one share"],
+    "add": ["buys {n} more {x}", "finds {n} more {x}", "wins {n} more {x}", "gets {n} more {x}"],
+    "sub": ["gives {n} {x} away", "throws {n} {x} away", "sends {n} {x} away"],
+    "mul": {2: "doubles all of the {x}", 3: "triples all of the {x}"},
+    "div": {2: "halves all of the {x}"},
 }
 MAX_DIFFICULTY = 5
 
@@ -54,7 +59,7 @@ def _one_problem(rng: random.Random, idx: str, difficulty: int, max_operand: int
         kinds = ["add", "sub"]
         if value <= max_operand:
             kinds.append("mul")
-        divisors = [d for d in range(2, 6) if value % d == 0 and value // d >= 1]
+        divisors = [d for d in _PHRASES["div"] if value % d == 0]
         if divisors:
             kinds.append("div")
         kind = rng.choice(kinds)
@@ -73,7 +78,8 @@ def _one_problem(rng: random.Random, idx: str, difficulty: int, max_operand: int
         else:
             n = rng.choice(divisors)
             new, sym = value // n, "/"
-        phrase = rng.choice(_PHRASES[kind]).format(n=n, x=item)
+        phrases = _PHRASES[kind]
+        phrase = (phrases[n] if isinstance(phrases, dict) else rng.choice(phrases)).format(n=n, x=item)
         clauses.append(f"Then {'she' if name in {'Ann', 'Cara', 'Eva', 'Gia', 'Ivy', 'Kim', 'Mia'} else 'he'} {phrase}.")
         steps.append(f"{value} {sym} {n} = {new}")
         value = new
