@@ -117,7 +117,7 @@ def test_params_yaml_names_the_configs_and_holds_only_what_differs():
     pre = read_yaml(REPO / "configs/train/tiny_pretrain.yaml")
     assert p.pretrain.trainer.max_steps == PARAMS["pretrain"]["trainer"]["max_steps"] != pre["trainer"]["max_steps"]
     assert p.curate.arithmetic.sources[0].n == PARAMS["curate"]["arithmetic"]["sources"]["0"]["n"]
-    assert p.curate.arithmetic.sources[0].difficulty == (1, 2)  # the demo's one- and two-step problems
+    assert p.curate.arithmetic.sources[0].difficulty == (1, 1)  # the demo's one-step problems
     assert p.curate.arithmetic.sources[0].max_operand == 9  # the rest of the source from the spec
     full = profile_params("full", REPO)
     assert full["vq"] == {"config": "configs/vq/tiny.yaml"} and full["sft"]["trainer"] == {"max_steps": 400}
@@ -174,8 +174,8 @@ def test_bad_params_name_the_field(project, cli):
 def test_params_show_and_write(project, cli):
     rc, out, _ = cli(project, "pipeline", "params")
     shown = yaml.safe_load(out)
-    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 250
-    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 2000
+    assert rc == 0 and shown["sft"]["optim"]["min_lr_scale"] == 0.1 and shown["sft"]["trainer"]["max_steps"] == 450
+    assert shown["curate"]["arithmetic"]["sources"][0]["n"] == 3000
     rc, out, _ = cli(project, "pipeline", "params", "--write", "--profile", "full", "--params", "full.yaml")
     assert rc == 0 and "wrote full.yaml (full sizes)" in out
     full = load_params(project / "full.yaml", project)

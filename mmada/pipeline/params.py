@@ -54,14 +54,14 @@ class TokenizerParams(Strict):
 class EvalParams(Strict):
     """What the ``evaluate`` stage measures and with which sampler settings."""
 
-    math_n: int = Field(64, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
+    math_n: int = Field(100, ge=1, le=10000, description="Held-out arithmetic word problems (exact answer check).")
     math_protocol: Literal["gsm8k_strict", "gsm8k_flexible", "boxed", "answer_tag"] = Field(
         "gsm8k_flexible", description="Answer-extraction protocol of the math suite.")
     math_prompt: Literal["reasoning", "lm_eval"] = Field(
         "reasoning", description="reasoning: the bare question after MMaDA's <think> instruction, as in the curated "
         "SFT data and UniGRPO prompts; lm_eval: lm-eval's 'Question: ...\\nAnswer:' wrapping.")
     math_difficulty: tuple[int, int] | None = Field(
-        (1, 2), description="Operations per held-out arithmetic problem, an inclusive [lo, hi] (the curated data's "
+        (1, 1), description="Operations per held-out arithmetic problem, an inclusive [lo, hi] (the curated data's "
         "range is the natural choice); null: the generator's default 1-3.")
     mmu_n: int = Field(16, ge=0, le=10000, description="Shapes scenes whose VQA questions are asked (0: skip).")
     mmu_prompt: Literal["reasoning", "plain"] = Field(
@@ -77,7 +77,7 @@ class EvalParams(Strict):
         "so the table shows what UniGRPO changed; none: only the evaluated model.")
     data_seed: int = Field(4242, description="Seed of the held-out built-in problems/scenes (training used seeds 0/1).")
     sampler: SamplerSettings = Field(
-        default_factory=lambda: SamplerSettings(steps=32, gen_length=64, block_length=32),
+        default_factory=lambda: SamplerSettings(steps=20, gen_length=40, block_length=40),
         description="Text sampler of the math and understanding suites (every option of mmada generate).")
     image_sampler: ImageSamplerSettings = Field(
         default_factory=lambda: ImageSamplerSettings(steps=12, guidance_scale=2.0),
@@ -209,28 +209,39 @@ def _train(stage: str, *, data: dict | None = None, **changes: Any) -> dict[str,
     return {k: d[k] for k in _ORDER if k in d}
 
 
+# The demo's model: the tiny preset at half its width (1.3M parameters): ~2.5x the steps per second on a CPU
+# at about the same accuracy per step (docs/results.md), so more of the demo's minutes go to learning.
+TINY_DEMO_MODEL = {"d_model": 128, "mlp_hidden_size": 344}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "demo": {
         "curate": {
-            # one- and two-step problems: what a 4M-parameter model learns in minutes (evaluate.math_difficulty)
-            "arithmetic": _curate("arithmetic", sources={"0": {"n": 2000, "difficulty": [1, 2]}},
+            # one-step problems: what the demo model learns in minutes (evaluate.math_difficulty)
+            "arithmetic": _curate("arithmetic", sources={"0": {"n": 3000, "difficulty": [1, 1]}},
                                   shards={"max_samples": 1000}),
             "shapes": _curate("shapes", sources={"0": {"n": 1000}}, shards={"max_samples": 500}),
             "shapes_vqa": _curate("shapes_vqa", sources={"0": {"n": 300}}, shards={"max_samples": 500}),
             "digits": _curate("digits"),
         },
         "vq": {"config": "configs/vq/tiny.yaml", "data": {"num_train": 4096, "num_val": 128},
-               "trainer": {"max_steps": 600, "val_every_n_steps": 600}},
-        # text budgets of the one- and two-step problems (the longest curated row is 133 tokens + EOS)
-        "pretrain": _train("pretrain", model={"tokenizer": TOKENIZER_DIR},
-                           data={"val_batches": 4, "streams": {"lm": {"max_text_len": 140}}},
-                           trainer={"max_steps": 400, "val_every_n_steps": 400}, optim={"warmup_steps": 30},
+               "trainer": {"max_steps": 500}},
+        # Text budgets: a chat row is the prompt (at most 37 tokens: MMaDA's <think> instruction is one token of
+        # the built-in tokenizer) and an EOS-filled answer region of ~40; a VQA row's text is a 20-token prompt
+        # and the same region. The model learns how long that region is: evaluate.sampler.gen_length and the
+        # UniGRPO rollouts' gen_length are 40 to match (at 48 against a 38-token region the same @sft model
+        # answered 8% instead of 24-30%, writing VQA phrases past its arithmetic answers).
+        "pretrain": _train("pretrain", model={"tokenizer": TOKENIZER_DIR, "overrides": TINY_DEMO_MODEL},
+                           data={"val_batches": 4, "streams": {"lm": {"batch_size": 8, "max_text_len": 64}}},
+                           trainer={"max_steps": 500, "val_every_n_steps": 500}, optim={"warmup_steps": 30},
                            checkpoint={"every_n_steps": 100}),
-        "sft": _train("sft", data={"val_batches": 4, "streams": {"chat": {"max_text_len": 140}}},
-                      trainer={"max_steps": 250, "val_every_n_steps": 250},
-                      optim={"warmup_steps": 20}, checkpoint={"every_n_steps": 100}),
+        "sft": _train("sft", data={"val_batches": 4, "streams": {"chat": {"batch_size": 32, "max_text_len": 76},
+                                                                 "mmu": {"batch_size": 8, "max_text_len": 60},
+                                                                 "t2i": {"batch_size": 8}}},
+                      loss={"coeffs": {"chat": 1.0, "mmu": 1.0, "t2i": 1.0}},
+                      trainer={"max_steps": 450, "val_every_n_steps": 450},
+                      optim={"lr": 2e-3, "warmup_steps": 20}, checkpoint={"every_n_steps": 150}),
         "grpo": _train("grpo", trainer={"max_steps": 8}, checkpoint={"every_n_steps": 8},
-                       grpo={"num_generations": 4}),
+                       grpo={"num_generations": 4, "sampler": {"steps": 20, "gen_length": 40, "block_length": 40}}),
     },
     "full": {
         "curate": {n: _curate(n) for n in DATASETS},
