@@ -78,6 +78,10 @@ def test_dvc_yaml_structure():
     assert d["evaluate"]["metrics"] == [{S.metrics_file("eval"): {"cache": False}}]
     assert S.model_ref("pretrain") in d["sft"]["deps"] and S.model_ref("sft") in d["grpo"]["deps"]
     assert S.model_ref("grpo") in d["evaluate"]["deps"]
+    # what the built-in world generates re-runs when its generators change (the tokenizer's corpus included)
+    for name in ("tokenizer", "curate-arithmetic", "curate-shapes", "curate-shapes_vqa", "curate-digits", "vq",
+                 "evaluate"):
+        assert "mmada/builtin" in d[name]["deps"], name
     # the config file each params section names is a dep of its stage (DVC resolves it from params.yaml)
     assert d["sft"]["deps"][0] == "${sft.config}" and d["curate-shapes"]["deps"][0] == "${curate.shapes.spec}"
     assert {dep for st in d.values() for dep in st["deps"] if dep.startswith("$")} == {
