@@ -28,7 +28,7 @@ from mmada.data.curate import curate
 from mmada.data.specs import load_spec
 from mmada.eval.suites import EvalModel, EvalOutputs, math_suite
 from mmada.models import MMaDAConfig, MMaDAModelLM
-from mmada.pipeline.params import TINY_DEMO_MODEL, EvalParams
+from mmada.pipeline.params import TINY_DEMO_MODEL, EvalParams, load_params
 from mmada.tokenization import load_text_tokenizer
 from mmada.training import load_train_config, train
 from tests.test_training_support import fresh_mlflow_uri, one_thread
@@ -57,8 +57,8 @@ def scored(samples: Path) -> list[dict]:
 
 
 def test_a_shortened_demo_learns_arithmetic_above_a_blind_floor(tmp_path_factory, tmp_path):
-    spec = load_spec(str(REPO / "data_specs/arithmetic.yaml"),
-                     ["sources.0.n=3000", "sources.0.difficulty=[1,1]", "shards.max_samples=2000"])
+    demo_params = load_params(REPO / "params.yaml", REPO)  # the demo's own arithmetic spec, as its stage runs it
+    spec = load_spec(demo_params.curate.arithmetic, ["tokenizer=builtin"])
     curate(spec, out=str(tmp_path / "arith"))
     # A tight text budget: the longest row (~58 tokens) and an EOS-filled answer region as long as the
     # sampler's gen_length below (the model learns the answer region's length; a longer region at evaluation

@@ -225,15 +225,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "vq": {"config": "configs/vq/tiny.yaml", "data": {"num_train": 4096, "num_val": 128},
                "trainer": {"max_steps": 500}},
+        "pretrain": _train("pretrain", model={"tokenizer": TOKENIZER_DIR, "overrides": TINY_DEMO_MODEL},
+                           data={"val_batches": 4, "streams": {"lm": {"batch_size": 8, "max_text_len": 64}}},
+                           trainer={"max_steps": 500, "val_every_n_steps": 500}, optim={"warmup_steps": 30},
+                           checkpoint={"every_n_steps": 100}),
         # Text budgets: a chat row is the prompt (at most 37 tokens: MMaDA's <think> instruction is one token of
         # the built-in tokenizer) and an EOS-filled answer region of ~40; a VQA row's text is a 20-token prompt
         # and the same region. The model learns how long that region is: evaluate.sampler.gen_length and the
         # UniGRPO rollouts' gen_length are 40 to match (at 48 against a 38-token region the same @sft model
         # answered 8% instead of 24-30%, writing VQA phrases past its arithmetic answers).
-        "pretrain": _train("pretrain", model={"tokenizer": TOKENIZER_DIR, "overrides": TINY_DEMO_MODEL},
-                           data={"val_batches": 4, "streams": {"lm": {"batch_size": 8, "max_text_len": 64}}},
-                           trainer={"max_steps": 500, "val_every_n_steps": 500}, optim={"warmup_steps": 30},
-                           checkpoint={"every_n_steps": 100}),
         "sft": _train("sft", data={"val_batches": 4, "streams": {"chat": {"batch_size": 32, "max_text_len": 76},
                                                                  "mmu": {"batch_size": 8, "max_text_len": 60},
                                                                  "t2i": {"batch_size": 8}}},
